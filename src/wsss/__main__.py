@@ -1,0 +1,7 @@
+"""`python -m wsss` entry point."""
+
+import sys
+
+from wsss.cli import main
+
+sys.exit(main())

@@ -1,0 +1,187 @@
+"""On-disk formats (palette PNG masks, `.npz` CAMs, RGB images) with atomic writes.
+
+Every writer goes through `atomic_write`: the data lands in a temporary file in the same folder
+and is moved into place with `os.replace`, so no partial file ever carries an output name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from wsss.data.labels import color_palette
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_TMP_MARK = ".tmp-"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
+    """Open a temporary sibling of `path` for writing and move it onto `path` on success.
+
+    On any exception the temporary file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_MARK + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def is_temporary(path: str | Path) -> bool:
+    """True for the temporary files `atomic_write` leaves behind when a process is killed."""
+    return Path(path).name.startswith(_TMP_MARK)
+
+
+def remove_temporaries(folder: str | Path) -> int:
+    """Delete leftover temporary files (from killed writers) in `folder`; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for p in folder.iterdir():
+        if is_temporary(p):
+            p.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def save_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write a class-index mask as a palette PNG.
+
+    Args:
+        mask: (H, W) integer array with values in 0..254 or 255 (ignore).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask for {path} must be 2-D, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask for {path} has values outside 0..255")
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(color_palette().reshape(-1).tolist())
+    buffer = _io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a class-index mask (palette or 8-bit grayscale PNG) as (H, W) uint8.
+
+    Raises:
+        DataError: the file is missing, unreadable, or not a single-channel 8-bit index image
+            (an RGB colour mask, a 16-bit PNG).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("P", "L"):
+                raise DataError(
+                    f"{path}: mask must be an 8-bit index image (palette 'P' or grayscale 'L'), "
+                    f"got PIL mode {image.mode!r}"
+                    + (" (a colour-coded RGB mask?)" if image.mode in ("RGB", "RGBA") else "")
+                )
+            return np.array(image, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise DataError(f"{path}: unreadable mask ({exc})") from exc
+
+
+def load_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
+    """Read an image as RGB uint8 (H, W, 3), applying its EXIF orientation.
+
+    Grayscale, palette and RGBA images are converted to RGB (alpha dropped).
+
+    Raises:
+        DataError: missing, zero-byte, truncated or undecodable file, or a side above `max_side`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: image file is empty (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            if max_side is not None and max(image.size) > max_side:
+                raise DataError(
+                    f"{path}: image is {image.size[0]}x{image.size[1]}, above the maximum side "
+                    f"{max_side} (data.max_image_side)"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
+
+
+def save_cams(path: str | Path, cams: np.ndarray, keys: np.ndarray, **extra: np.ndarray) -> None:
+    """Write a CAM file: `.npz` with `cams` float16 (K, H, W) and `keys` int64 (K,).
+
+    `keys` are class indices in the mask convention (0 = background, c = foreground class c).
+    Extra named arrays (e.g. a strided `cams_lowres`) are stored beside them.
+    """
+    cams = np.asarray(cams)
+    keys = np.asarray(keys, dtype=np.int64)
+    if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
+        raise ValueError(f"CAMs for {path}: shape {cams.shape} does not match keys {keys.shape}")
+    buffer = _io.BytesIO()
+    np.savez_compressed(buffer, cams=cams.astype(np.float16), keys=keys, **extra)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CAM file written by `save_cams`.
+
+    Returns:
+        cams float32 (K, H, W) and keys int64 (K,).
+    """
+    path = Path(path)
+    try:
+        with np.load(path) as data:
+            return data["cams"].astype(np.float32), data["keys"].astype(np.int64)
+    except FileNotFoundError:
+        raise DataError(f"CAM file not found: {path}") from None
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable CAM file ({exc})") from exc
+
+
+def find_image(folder: Path, name: str) -> Path | None:
+    """The image file `folder/name.<ext>` for the first known extension that exists."""
+    for ext in IMAGE_EXTENSIONS:
+        candidate = folder / f"{name}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
