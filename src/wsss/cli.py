@@ -1,0 +1,230 @@
+"""`wsss` command line: each subcommand parses, loads the config, calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("wsss")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from wsss.engine import distributed as dist
+
+    logger = logging.getLogger("wsss")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    if dist.is_main() and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from wsss.config import load_config
+    from wsss.pipeline.report import results_table
+    from wsss.pipeline.runner import format_resources, run_pipeline
+
+    overrides = list(args.set or [])
+    if args.workdir:
+        overrides.append(f"pipeline.workdir={args.workdir}")
+    if args.device:
+        overrides.append(f"pipeline.device={args.device}")
+    if args.workers is not None:
+        overrides.append(f"pipeline.workers={args.workers}")
+    if args.deterministic is not None:
+        overrides.append(f"pipeline.deterministic={str(args.deterministic).lower()}")
+    cfg = load_config(args.config, overrides)
+    result = run_pipeline(cfg, start=args.start, until=args.until, only=args.only or (),
+                          force=args.force or ())
+    from wsss.engine import distributed as dist
+
+    if dist.is_main():
+        print(results_table(result.run_dir))
+        print()
+        print(format_resources(result.outcomes))
+        print(f"\nrun directory: {result.run_dir}")
+    return 0
+
+
+def _dataset_from_args(args: argparse.Namespace) -> Any:
+    from wsss.config import DataConfig
+    from wsss.data import build_dataset
+
+    cfg = DataConfig(dataset="custom", root=args.data, mask_dir=args.mask_dir)
+    return build_dataset(cfg, args.split)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from wsss.evaluation import evaluate_cams, evaluate_masks, write_result
+    from wsss.pipeline.report import format_eval
+
+    dataset = _dataset_from_args(args)
+    if args.cams:
+        thresholds = np.round(np.arange(0.0, 1.0, args.sweep_step), 6)
+        result = evaluate_cams(args.pred, dataset, threshold=args.threshold,
+                               thresholds=thresholds, absent=args.absent)
+    else:
+        result = evaluate_masks(args.pred, dataset, absent=args.absent, contour=args.contour)
+    result["split"] = args.split
+    print(format_eval(result, dataset.class_names))
+    if args.out:
+        write_result(args.out, result)
+        if args.cams:
+            from wsss.methods.base import _plot_cam_eval
+
+            _plot_cam_eval(result, Path(args.out), label=Path(args.pred).name)
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    args.cams = True
+    return _cmd_eval(args)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from wsss.config import load_config
+    from wsss.data import DATASETS
+    from wsss.methods import METHODS, build_method
+    from wsss.models.backbones import BACKBONES
+
+    print("methods:   " + ", ".join(METHODS.names()))
+    print("backbones: " + ", ".join(BACKBONES.names()))
+    print("datasets:  " + ", ".join(DATASETS.names()))
+    presets = sorted(str(p) for p in Path("configs").glob("**/*.yaml")) if Path("configs").is_dir() else []
+    if presets:
+        print("presets:   " + ", ".join(presets))
+    for name in METHODS.names():
+        stages = build_method(load_config(None, [f"method.name={name}"])).stages()
+        print(f"stages of {name}: " + " → ".join(s.name for s in stages))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from wsss.data.synthetic import generate, save_sample_grid
+
+    root = generate(args.out, num_train=args.num_train, num_val=args.num_val,
+                    image_size=args.image_size, seed=args.seed)
+    if args.grid:
+        save_sample_grid(root, args.grid)
+    print(f"wrote synthetic data to {root}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        return _cmd_synth(args)
+    if args.data_command == "sbd":
+        from wsss.data.sbd import convert_sbd
+
+        print(json.dumps(convert_sbd(args.sbd, args.voc), indent=2, default=str))
+        return 0
+    from wsss.data.coco import convert_coco
+
+    print(json.dumps(convert_coco(args.coco, args.out, limit=args.limit), indent=2, default=str))
+    return 0
+
+
+def _add_synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output root (VOC layout)")
+    p.add_argument("--num-train", type=int, default=1000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", default=None, help="also write a sample grid PNG here")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, cams_default: bool) -> None:
+    p.add_argument("--pred", required=True, help="folder of <name>.png masks or <name>.npz CAMs")
+    p.add_argument("--data", required=True, help="dataset root (VOC layout)")
+    p.add_argument("--split", required=True, help="split name, e.g. train or val")
+    p.add_argument("--mask-dir", default="SegmentationClass", help="ground-truth mask folder")
+    if not cams_default:
+        p.add_argument("--cams", action=argparse.BooleanOptionalAction, default=False,
+                       help="--pred holds CAM .npz files (fixed threshold + sweep)")
+    p.add_argument("--threshold", type=float, default=0.15,
+                   help="fixed background threshold for CAMs (IRN 0.15)")
+    p.add_argument("--sweep-step", type=float, default=0.01)
+    p.add_argument("--absent", choices=["nan", "zero"], default="nan",
+                   help="absent classes: excluded (nan) or counted as 0")
+    p.add_argument("--contour", action=argparse.BooleanOptionalAction, default=True,
+                   help="also compute the contour F-score (masks only)")
+    p.add_argument("--out", default=None, help="folder for metrics.json and plots")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsss", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a config's pipeline (skips finished stages, resumes)")
+    p.add_argument("config", help="YAML preset, e.g. configs/synthetic/demo.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage")
+    p.add_argument("--force", action="append", metavar="STAGE", help="rerun this stage")
+    p.add_argument("--workdir", help="parent folder of run directories (pipeline.workdir)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (pipeline.device)")
+    p.add_argument("--workers", type=int, help="process pool for CPU-bound per-image work")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic torch kernels (pipeline.deterministic)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("eval", help="score a folder of masks (or CAMs) against ground truth")
+    _add_eval_args(p, cams_default=False)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sweep", help="mIoU over background thresholds for a folder of CAMs")
+    _add_eval_args(p, cams_default=True)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("list", help="list methods, backbones, datasets, presets and stages")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("synth", help="write the synthetic data set (same as `data synth`)")
+    _add_synth_args(p)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("data", help="prepare data sets: synth, sbd, coco")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser("synth", help="write the synthetic data set")
+    _add_synth_args(q)
+    q = data_sub.add_parser("sbd", help="convert SBD cls/*.mat to SegmentationClassAug + train_aug")
+    q.add_argument("--sbd", required=True, help="SBD root (holds dataset/cls)")
+    q.add_argument("--voc", required=True, help="VOC2012 root")
+    q = data_sub.add_parser("coco", help="rasterise COCO 2014 instances into semantic PNGs")
+    q.add_argument("--coco", required=True, help="COCO root (annotations/, train2014/, val2014/)")
+    q.add_argument("--out", required=True, help="output root")
+    q.add_argument("--limit", type=int, default=None, help="convert only the first N images")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from wsss.config import ConfigError
+    from wsss.engine.checkpoint import CheckpointError
+    from wsss.io import DataError
+    from wsss.pipeline.artifacts import ManifestError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, ManifestError, FileNotFoundError,
+            ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"wsss: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

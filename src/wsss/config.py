@@ -1,0 +1,240 @@
+"""Run configuration: a dataclass tree, YAML presets, strict merge, `--set` overrides, dump.
+
+A run config has the sections `data`, `model`, `train`, `method`, `eval`, `pipeline` (and, for
+methods that add stages, their own keys inside `method`). Presets are flat YAML files that may
+name at most one `base:` preset. Unknown keys and wrong types fail with the full dotted key and
+the closest valid key. The schema of `method` is the config dataclass of the method it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """An invalid config: the message names the dotted key (and a close valid one)."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the built-in synthetic data (used when the root holds no data yet)."""
+
+    num_train: int = 1000
+    num_val: int = 200
+    image_size: int = 160
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and which split each stage reads."""
+
+    dataset: str = "synthetic"  # synthetic | voc | coco | custom
+    root: str = "data/synthetic"
+    train_split: str = "train"  # the classifier trains here
+    infer_split: str = "train"  # CAMs, seeds and pseudo-masks are made here
+    eval_split: str = "train"  # pseudo-mask quality is measured here (VOC protocol: train)
+    val_split: str = "val"  # final segmentation is measured here
+    image_dir: list[str] = field(default_factory=lambda: ["JPEGImages"])
+    mask_dir: str | None = "SegmentationClass"
+    labels_from: str = "auto"  # auto | masks | cls_labels | csv
+    labels_file: str | None = None
+    max_image_side: int | None = 4096
+    num_workers: int = 0  # DataLoader workers
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The CAM network's backbone."""
+
+    backbone: str = "resnet50"
+    output_stride: int = 16
+    pretrained: str = "none"  # none | imagenet | path to a state dict
+    frozen_bn: bool = True  # IRN's FixedBatchNorm; set false when training from scratch
+
+
+@dataclass
+class TrainConfig:
+    """Classifier training recipe (defaults: IRN's CAM recipe, irn.md §4)."""
+
+    epochs: int = 5
+    batch_size: int = 16  # total batch over all ranks
+    crop_size: int = 512
+    resize_long: list[int] | None = field(default_factory=lambda: [320, 640])
+    scale_range: list[float] | None = None
+    flip: bool = True
+    color_jitter: list[float] | None = None
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    head_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    # IRN's PolyOptimizer passes weight decay into SGD's momentum slot (effective momentum 1e-4).
+    # wsss fixes the bug by passing momentum explicitly; 0.0 keeps the official numbers.
+    momentum: float = 0.0
+    poly_power: float = 0.9
+    grad_clip: float | None = None
+    amp: bool = False
+    log_every: int = 20
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings shared by every stage that scores its output."""
+
+    sweep_start: float = 0.0
+    sweep_stop: float = 1.0
+    sweep_step: float = 0.01
+    absent: str = "nan"  # absent classes: nan (excluded, chainercv) | zero (SEAM-style)
+    contour: bool = True
+    plots: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """Run-level settings."""
+
+    name: str = "run"
+    workdir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+    workers: int = 1  # process pool for CPU-bound per-image work (dense CRF)
+    stages: list[str] | None = None  # None: all stages of the method
+
+
+@dataclass
+class RunConfig:
+    """The whole run; `method` is the named method's own config dataclass."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: Any = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a preset and its (single) base, returning one merged plain dict."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: base presets form a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' names one preset file")
+    merged = _read_yaml((path.parent / base), seen + (path,))
+    return _deep_update(merged, data)
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            dotted = f"{prefix}{key}"
+            keys.append(dotted)
+            keys.extend(_valid_keys(node._get_node(key), dotted + "."))
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, schema: DictConfig) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    valid = _valid_keys(schema)
+    message = str(exc).split("\n")[0]
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"unknown config key '{key}'{hint}")
+    if key:
+        return ConfigError(f"invalid value for config key '{key}': {message}")
+    return ConfigError(message)
+
+
+def _method_schema(name: str) -> Any:
+    from wsss.methods import METHODS  # methods register themselves on import
+
+    try:
+        method_cls = METHODS.get(name)
+    except KeyError as exc:
+        raise ConfigError(f"config key 'method.name': {exc.args[0]}") from None
+    return method_cls.config_class()
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Build a `RunConfig` from defaults, an optional YAML preset and `key=value` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type or unreadable preset; the message names the key.
+    """
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid override in {list(overrides)}: {exc}") from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+    method_name = OmegaConf.select(dotlist, "method.name") or (raw.get("method") or {}).get(
+        "name", "cam_baseline"
+    )
+    schema = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(schema, False)
+    schema.method = OmegaConf.structured(_method_schema(str(method_name)))
+    OmegaConf.set_struct(schema, True)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(raw), dotlist)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, schema) from None
+    cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-ready dict of a config dataclass (or a sub-tree of one)."""
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return dict(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML text (what every run directory stores)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def select(cfg: RunConfig, dotted: str) -> Any:
+    """The value at a dotted key, e.g. `select(cfg, "train.lr")`."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node

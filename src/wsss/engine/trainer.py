@@ -1,0 +1,299 @@
+"""The one training loop: epochs, poly schedule, AMP, clipping, logging, resumable checkpoints.
+
+Methods supply `step_fn(model, batch) -> dict[str, Tensor]` (the trainer sums the terms and logs
+each) and parameter groups. The loop never branches on a method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from wsss.engine import distributed as dist
+from wsss.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+log = logging.getLogger("wsss")
+
+StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step and term."""
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices for one epoch from a generator seeded with (seed, epoch), split by rank.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches;
+    `start` skips the items already consumed in this epoch.
+    """
+
+    def __init__(self, num_items: int, *, shuffle: bool, seed: int, batch_size: int) -> None:
+        self.num_items = num_items
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+        # Every rank gets the same number of whole batches (drop_last over the total batch).
+        self.num_batches = num_items // batch_size
+        self.per_rank = self.num_batches * batch_size // dist.world_size()
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            order = torch.randperm(self.num_items, generator=gen).tolist()
+        else:
+            order = list(range(self.num_items))
+        order = order[: self.per_rank * dist.world_size()]
+        return order[dist.rank() :: dist.world_size()]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.start, 0)
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so each item's random augmentation is seeded by (seed, epoch, index).
+
+    Augmentations are then identical across resumes and DataLoader worker counts.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        item_seed = (self.seed * 1000003 + self.epoch) * 1000003 + index
+        random.seed(item_seed)
+        np.random.seed(item_seed % 2**32)
+        torch.manual_seed(item_seed % 2**63)
+        return self.dataset[index]
+
+
+def poly_lambda(max_steps: int, power: float) -> Callable[[int], float]:
+    """lr factor at step k: (1 − k / max_steps) ** power (IRN/PSA poly schedule)."""
+    return lambda step: (1.0 - min(step, max_steps) / max_steps) ** power
+
+
+def build_optimizer(
+    groups: Sequence[dict[str, Any]], *, name: str, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD (momentum passed by keyword, fixing IRN/PSA's PolyOptimizer slip) or Adam."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum,
+                               weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adam, sgd")
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains `model` with `step_fn`, checkpointing to `out_dir/last.pt` and resuming from it.
+
+    Args:
+        model: the network (moved to `device`; wrapped in DDP when several ranks run).
+        step_fn: (model, batch) → dict of scalar loss terms; their sum is minimised.
+        param_groups: optimizer groups with their own `lr` (the schedule scales each).
+        dataset: training items (dicts); batches are collated with the default collate.
+        batch_size: total batch over all ranks.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        step_fn: StepFn,
+        param_groups: Sequence[dict[str, Any]],
+        dataset: Dataset,
+        out_dir: str | Path,
+        device: torch.device,
+        epochs: int,
+        batch_size: int,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        poly_power: float = 0.9,
+        grad_clip: float | None = None,
+        amp: bool = False,
+        log_every: int = 20,
+        checkpoint_every: int = 0,
+        num_workers: int = 0,
+        seed: int = 0,
+        meta: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        world = dist.world_size()
+        if batch_size % world:
+            raise ValueError(f"train.batch_size {batch_size} is not divisible by {world} ranks")
+        if len(dataset) < batch_size:  # type: ignore[arg-type]
+            raise ValueError(f"{len(dataset)} training items, fewer than one batch of {batch_size}")
+        self.device = device
+        self.model = model.to(device)
+        self.step_fn = step_fn
+        self.out_dir = Path(out_dir)
+        self.epochs = epochs
+        self.grad_clip = grad_clip
+        self.log_every = log_every
+        self.checkpoint_every = checkpoint_every
+        self.meta = meta or {}
+        self.on_epoch_end = on_epoch_end
+        self.items = SeededItems(dataset, seed)
+        self.sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, batch_size=batch_size)
+        self.loader_args = dict(batch_size=batch_size // world, num_workers=num_workers,
+                                drop_last=True)
+        self.steps_per_epoch = self.sampler.num_batches
+        self.max_steps = max(self.steps_per_epoch * epochs, 1)
+        self.optimizer = build_optimizer(param_groups, name=optimizer, momentum=momentum,
+                                         weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_lambda(self.max_steps, poly_power)
+        )
+        self.amp = amp and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.net: nn.Module = self.model
+        if world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "rng": rng_state(),
+            "meta": self.meta,
+        }
+
+    def save(self) -> None:
+        if dist.is_main():
+            save_checkpoint(self.last_path, self.state())
+        dist.barrier()
+
+    def resume(self) -> bool:
+        """Restore everything from `last.pt` if it exists; True when resumed."""
+        if not self.last_path.is_file():
+            return False
+        state = load_checkpoint(self.last_path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.history = state["history"]
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at epoch %d step %d", self.last_path, self.epoch + 1,
+                 self.step_in_epoch)
+        return True
+
+    def _loader(self) -> DataLoader:
+        self.items.epoch = self.epoch
+        self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.loader_args["batch_size"])
+        return DataLoader(self.items, sampler=self.sampler, **self.loader_args)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step; returns the detached loss terms (and `loss`, their sum)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            terms = self.step_fn(self.net, self._to_device(batch))
+        values = {}
+        for name, value in terms.items():
+            number = float(value.detach())
+            if not math.isfinite(number):
+                raise TrainingError(
+                    f"non-finite loss term '{name}' = {number} at epoch {self.epoch + 1}, "
+                    f"step {self.global_step + 1}; the last good checkpoint is {self.last_path}"
+                )
+            values[name] = number
+        loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        values["loss"] = float(loss.detach())
+        return values
+
+    def fit(self) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        self.model.train()
+        while self.epoch < self.epochs:
+            sums: dict[str, float] = {}
+            count = 0
+            bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,
+                       desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
+                       disable=not dist.is_main())
+            for batch in bar:
+                values = self.train_step(batch)
+                self.step_in_epoch += 1
+                self.global_step += 1
+                count += 1
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.global_step % max(self.log_every, 1) == 0:
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self.checkpoint_every and self.global_step % self.checkpoint_every == 0 \
+                        and self.step_in_epoch < self.steps_per_epoch:
+                    self.save()
+            means = {k: v / max(count, 1) for k, v in sums.items()}
+            means["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"epoch": self.epoch + 1, **means})
+            log.info("epoch %d/%d  %s", self.epoch + 1, self.epochs,
+                     "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self.epoch, means)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.save()
+        return TrainResult(epochs=self.epochs, steps=self.global_step, history=self.history)

@@ -1,0 +1,293 @@
+"""The method contract and the stages every CAM-based method shares.
+
+A method names its config dataclass, builds its network, supplies `training_step` and
+`param_groups`, turns one image into CAMs (`infer_cams`) and lists its pipeline stages. The
+stage builders here (data, train, make_cam, eval_cam, make_seeds, eval_masks) are reused by
+every method, which adds or replaces stages of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsss.config import RunConfig, to_dict
+from wsss.data import build_dataset
+from wsss.data.transforms import build_train_transform
+from wsss.engine import distributed as dist
+from wsss.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from wsss.engine.trainer import Trainer
+from wsss.evaluation import evaluate_cams, evaluate_masks, write_result
+from wsss.io import DataError, load_cams, load_image, save_cams, save_mask, write_text
+from wsss.ops.cam import cams_to_mask, seeds_from_cams
+from wsss.pipeline.stages import Stage, StageContext, per_image
+
+log = logging.getLogger("wsss")
+
+DATA_KEYS = ("data",)
+TRAIN_KEYS = ("data.dataset", "data.root", "data.train_split", "data.image_dir",
+              "data.labels_from", "data.labels_file", "model", "train", "pipeline.seed")
+
+
+class Method(abc.ABC):
+    """Base class: subclasses set `name`, `config_cls` and implement the hooks."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.mcfg = cfg.method
+
+    @classmethod
+    def config_class(cls) -> type:
+        return cls.config_cls
+
+    # Hooks -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_model(self, num_classes: int) -> nn.Module:
+        ...
+
+    @abc.abstractmethod
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        ...
+
+    @abc.abstractmethod
+    def param_groups(self, model: nn.Module, base_lr: float) -> list[dict[str, Any]]:
+        ...
+
+    @abc.abstractmethod
+    def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """image uint8 (H, W, 3), labels (C,) → cams float32 (K, H, W) in [0, 1], keys (K,)."""
+        ...
+
+    @abc.abstractmethod
+    def stages(self) -> list[Stage]:
+        ...
+
+    # Shared helpers ------------------------------------------------------------------------
+    def dataset(self, split: str, *, train: bool = False) -> Any:
+        transform = None
+        if train:
+            t = self.cfg.train
+            transform = build_train_transform(
+                crop_size=t.crop_size,
+                resize_long=tuple(t.resize_long) if t.resize_long else None,
+                scale_range=tuple(t.scale_range) if t.scale_range else None,
+                flip=t.flip,
+                color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
+            )
+        return build_dataset(self.cfg.data, split, transform=transform)
+
+    def checkpoint_meta(self, dataset: Any) -> dict[str, Any]:
+        """What a checkpoint carries so that it works without the training config."""
+        return {
+            "method": self.name,
+            "class_names": list(dataset.class_names),
+            "num_classes": dataset.num_classes,
+            "model": to_dict(self.cfg.model),
+            "method_config": to_dict(self.mcfg),
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        }
+
+    def load_trained(self, stage_dir: Path, num_classes: int, device: torch.device) -> nn.Module:
+        model = self.build_model(num_classes)
+        state = load_checkpoint(stage_dir / "model.pt", map_location="cpu")
+        load_model_state(model, state["model"], str(stage_dir / "model.pt"))
+        return model.to(device).eval()
+
+    # Shared stages -------------------------------------------------------------------------
+    def data_stage(self) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            from wsss.data.prepare import prepare_data
+
+            return prepare_data(ctx.cfg.data)
+
+        return Stage("data", run, depends_on=DATA_KEYS,
+                     description="generate (synthetic) and validate every split")
+
+    def train_stage(self, name: str = "train_cam", needs: tuple[str, ...] = ("data",),
+                    depends_on: tuple[str, ...] = ()) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            dataset = self.dataset(ctx.cfg.data.train_split, train=True)
+            model = self.build_model(dataset.num_classes)
+            t = ctx.cfg.train
+            trainer = Trainer(
+                model=model, step_fn=self.training_step,
+                param_groups=self.param_groups(model, t.lr), dataset=dataset,
+                out_dir=ctx.out_dir, device=ctx.device, epochs=t.epochs,
+                batch_size=t.batch_size, optimizer=t.optimizer, momentum=t.momentum,
+                weight_decay=t.weight_decay, poly_power=t.poly_power, grad_clip=t.grad_clip,
+                amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed,
+                meta=self.checkpoint_meta(dataset),
+            )
+            result = trainer.fit()
+            if dist.is_main():
+                save_checkpoint(ctx.out_dir / "model.pt",
+                                {"model": model.state_dict(), "meta": self.checkpoint_meta(dataset)})
+                write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
+            dist.barrier()
+            last = result.history[-1] if result.history else {}
+            return {"epochs": result.epochs, "steps": result.steps,
+                    "final_loss": last.get("loss")}
+
+        return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + ("method",) + depends_on,
+                     description="train the network on image-level labels")
+
+    def make_cam_stage(
+        self,
+        name: str = "make_cam",
+        train_stage: str = "train_cam",
+        infer: Callable[[nn.Module, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+        | None = None,
+    ) -> Stage:
+        infer = infer or self.infer_cams
+
+        def run(ctx: StageContext) -> dict[str, Any]:
+            dataset = self.dataset(ctx.cfg.data.infer_split)
+            model = self.load_trained(ctx.stage_dir(train_stage), dataset.num_classes, ctx.device)
+            index = {n: i for i, n in enumerate(dataset.names)}
+            cam_dir = ctx.out_dir / "cams"
+
+            def work(item: str) -> None:
+                i = index[item]
+                with torch.inference_mode():
+                    cams, keys = infer(model, dataset.load_image(i), dataset.label_vector(i))
+                save_cams(cam_dir / f"{item}.npz", cams, keys)
+
+            done = per_image(dataset.names, lambda n: cam_dir / f"{n}.npz", work, desc=name)
+            return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
+
+        return Stage(name, run, needs=(train_stage,),
+                     depends_on=("data.infer_split", "data.root"),
+                     description="multi-scale + flip CAMs per image (.npz)")
+
+    def eval_cam_stage(self, name: str = "eval_cam", cam_stage: str = "make_cam",
+                       threshold_key: str = "cam_eval_threshold") -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            dataset = self.dataset(ctx.cfg.data.eval_split)
+            e = ctx.cfg.eval
+            thresholds = np.round(np.arange(e.sweep_start, e.sweep_stop, e.sweep_step), 6)
+            threshold = getattr(self.mcfg, threshold_key)
+            result = evaluate_cams(ctx.stage_dir(cam_stage) / "cams", dataset,
+                                   threshold=threshold, thresholds=thresholds, absent=e.absent)
+            result["split"] = ctx.cfg.data.eval_split
+            if dist.is_main():
+                write_result(ctx.out_dir, result)
+                if e.plots:
+                    _plot_cam_eval(result, ctx.out_dir, label=cam_stage)
+            return _headline(result)
+
+        return Stage(name, run, needs=(cam_stage,),
+                     depends_on=("data.eval_split", f"method.{threshold_key}", "eval"),
+                     description="CAM mIoU at the fixed threshold and over a threshold sweep")
+
+    def make_seeds_stage(self, name: str = "make_seeds", cam_stage: str = "make_cam",
+                         fg_key: str = "seed_fg_threshold", bg_key: str = "seed_bg_threshold"
+                         ) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            dataset = self.dataset(ctx.cfg.data.infer_split)
+            cam_dir = ctx.stage_dir(cam_stage) / "cams"
+            mask_dir = ctx.out_dir / "masks"
+            index = {n: i for i, n in enumerate(dataset.names)}
+            params = dict(fg_threshold=getattr(self.mcfg, fg_key),
+                          bg_threshold=getattr(self.mcfg, bg_key), crf=self.mcfg.seed_crf)
+
+            def args(item: str) -> tuple[str, str, str, dict[str, Any]]:
+                return (str(dataset.image_path(index[item])), str(cam_dir / f"{item}.npz"),
+                        str(mask_dir / f"{item}.png"), params)
+
+            done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png",
+                             lambda n: _seed_one(args(n)), desc=name,
+                             workers=ctx.cfg.pipeline.workers, pool_work=_seed_one,
+                             pool_args=args)
+            return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done,
+                    **params}
+
+        return Stage(name, run, needs=(cam_stage,),
+                     depends_on=("data.infer_split", f"method.{fg_key}", f"method.{bg_key}",
+                                 "method.seed_crf"),
+                     description="confident seeds (fg / bg thresholds + dense CRF), 255 = unsure")
+
+    def eval_masks_stage(self, name: str, mask_stage: str, split_key: str = "eval_split") -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            split = getattr(ctx.cfg.data, split_key)
+            dataset = self.dataset(split)
+            result = evaluate_masks(ctx.stage_dir(mask_stage) / "masks", dataset,
+                                    absent=ctx.cfg.eval.absent, contour=ctx.cfg.eval.contour,
+                                    desc=name)
+            result["split"] = split
+            if dist.is_main():
+                write_result(ctx.out_dir, result)
+                if ctx.cfg.eval.plots:
+                    from wsss.metrics.plots import plot_per_class_iou
+
+                    plot_per_class_iou(result["iou"], ctx.out_dir / "per_class_iou.png",
+                                       title=f"{mask_stage} ({split})")
+            return _headline(result)
+
+        return Stage(name, run, needs=(mask_stage,), depends_on=(f"data.{split_key}", "eval"),
+                     description=f"score {mask_stage} masks against ground truth")
+
+
+def _seed_one(args: tuple[str, str, str, dict[str, Any]]) -> None:
+    """Seeds for one image (a module-level function so a process pool can run it)."""
+    image_path, cam_path, out_path, params = args
+    cams, keys = load_cams(cam_path)
+    if keys.size and keys.min() == 0:
+        cams, keys = cams[keys > 0], keys[keys > 0]
+    image = load_image(image_path)
+    seeds = seeds_from_cams(image, cams, keys, **params)
+    save_mask(out_path, seeds)
+
+
+def threshold_masks(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
+    """CAMs (K, H, W) → uint8 mask at a constant background threshold."""
+    return np.asarray(cams_to_mask(cams, keys, bg_threshold=threshold)).astype(np.uint8)
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers that go into a manifest and the final table."""
+    if "fixed" in result:
+        f, s = result["fixed"], result["sweep"]
+        return {"split": result.get("split"), "miou": f["miou"], "threshold": f["threshold"],
+                "precision": f.get("mean_precision"), "recall": f.get("mean_recall"),
+                "oracle_miou": s["best_miou"], "oracle_threshold": s["best_threshold"]}
+    out = {"split": result.get("split"), "miou": result["miou"],
+           "precision": result.get("mean_precision"), "recall": result.get("mean_recall"),
+           "coverage": result.get("coverage")}
+    if "contour" in result:
+        out["contour_f"] = result["contour"].get("mean_f")
+    return out
+
+
+def _plot_cam_eval(result: dict[str, Any], out_dir: Path, *, label: str) -> None:
+    from wsss.metrics.plots import plot_threshold_curves, plot_threshold_histogram
+
+    sweep = result["sweep"]
+    plot_threshold_curves({label: (sweep["thresholds"], sweep["miou"])},
+                          out_dir / "miou_vs_threshold.png",
+                          marks={"fixed": result["fixed"]["threshold"]},
+                          title=f"mIoU(τ), {result.get('split')}")
+    best = list(sweep["per_image_best"].values())
+    if best:
+        plot_threshold_histogram(best, out_dir / "best_threshold_hist.png",
+                                 title="per-image optimal threshold")
+
+
+def load_cam_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """CAMs and keys, naming the file when it is missing (for stages reading another's output)."""
+    if not path.is_file():
+        raise DataError(f"CAM file missing: {path}")
+    return load_cams(path)

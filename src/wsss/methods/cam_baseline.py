@@ -1,0 +1,114 @@
+"""CAM baseline (IRN's CAM network and seeds): GAP classifier, multi-scale + flip CAMs, CRF seeds.
+
+Follows `jiwoon-ahn/irn` (`net/resnet50_cam.py`, `step/make_cam.py`, `step/cam_to_ir_label.py`);
+see docs/methods/cam_baseline.md for the paper / official code / wsss table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.data.transforms import normalize_image, pil_rescale
+from wsss.methods import METHODS
+from wsss.methods.base import Method
+from wsss.models.backbones import build_backbone
+from wsss.models.cam_classifier import CamClassifier
+from wsss.ops.cam import normalize_cams, strided_up_size
+from wsss.pipeline.stages import Stage
+
+
+@dataclass
+class CamBaselineConfig:
+    """IRN CAM recipe (irn.md §2.1, §5)."""
+
+    name: str = "cam_baseline"
+    detach_stages: int = 2  # IRN: conv1..layer2 receive no gradient
+    cam_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    cam_flip: bool = True
+    cam_eval_threshold: float = 0.15  # IRN `cam_eval_thres`
+    seed_fg_threshold: float = 0.30  # IRN `conf_fg_thres`
+    seed_bg_threshold: float = 0.05  # IRN `conf_bg_thres`
+    seed_crf: bool = True
+
+
+def multiscale_cams(
+    cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
+    resized to the stride-rounded full size and the scales are summed.
+
+    Args:
+        cam_fn: images (B, 3, h, w) → non-negative maps (B, C, h/s, w/s).
+        image: uint8 (H, W, 3).
+
+    Returns:
+        float32 (C, H, W), not normalised.
+    """
+    height, width = image.shape[:2]
+    up = strided_up_size((height, width), stride)
+    total = None
+    for scale in scales:
+        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
+        x = normalize_image(scaled).unsqueeze(0).to(device)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        maps = cam_fn(x)
+        merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
+        merged = F.interpolate(merged[None].float(), size=up, mode="bilinear",
+                               align_corners=False)[0, :, :height, :width]
+        total = merged if total is None else total + merged
+    return total
+
+
+@METHODS.register("cam_baseline")
+class CamBaseline(Method):
+    """IRN's CAM network: stages data → train_cam → make_cam → eval_cam → make_seeds → eval_seeds."""
+
+    name = "cam_baseline"
+    config_cls = CamBaselineConfig
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        m = self.cfg.model
+        backbone = build_backbone(m.backbone, output_stride=m.output_stride,
+                                  pretrained=m.pretrained, frozen_bn=m.frozen_bn)
+        if m.frozen_bn:  # IRN: conv1 and bn1 never train
+            for p in list(backbone.stem[0].parameters()) + list(backbone.stem[1].parameters()):
+                p.requires_grad_(False)
+        return CamClassifier(backbone=backbone, num_classes=num_classes,
+                             detach_stages=self.mcfg.detach_stages)
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = model(batch["image"])
+        return {"cls": F.multilabel_soft_margin_loss(logits, batch["labels"])}
+
+    def param_groups(self, model: nn.Module, base_lr: float) -> list[dict[str, Any]]:
+        backbone, head = model.param_groups()
+        mult = self.cfg.train.head_lr_mult
+        return [{"params": backbone, "lr": base_lr}, {"params": head, "lr": base_lr * mult}]
+
+    def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        device = next(model.parameters()).device
+        cams = multiscale_cams(model.cams, image, scales=list(self.mcfg.cam_scales),
+                               flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
+                               device=device)
+        present = np.flatnonzero(labels > 0)
+        cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
+        return cams.cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
+
+    def stages(self) -> list[Stage]:
+        return [
+            self.data_stage(),
+            self.train_stage("train_cam"),
+            self.make_cam_stage("make_cam", "train_cam"),
+            self.eval_cam_stage("eval_cam", "make_cam"),
+            self.make_seeds_stage("make_seeds", "make_cam"),
+            self.eval_masks_stage("eval_seeds", "make_seeds"),
+        ]

@@ -1,0 +1,1 @@
+"""Networks (nn.Modules only): backbones, the CAM classifier, segmentation heads."""

@@ -1,0 +1,227 @@
+"""Plan and run a method's stages: skip unchanged ones, resume killed ones, rerun changed ones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss.config import RunConfig, dump_config, select, to_dict
+from wsss.engine import distributed as dist
+from wsss.io import write_text
+from wsss.pipeline.artifacts import (
+    fingerprint,
+    read_in_progress,
+    read_manifest,
+    write_in_progress,
+    write_manifest,
+)
+from wsss.pipeline.stages import Stage, StageContext, select_stages
+
+log = logging.getLogger("wsss")
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # ran | skipped | resumed
+    seconds: float
+    peak_rss_mb: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    outcomes: list[StageOutcome]
+
+    def summary(self, stage: str) -> dict[str, Any]:
+        manifest = read_manifest(self.run_dir / stage)
+        return (manifest or {}).get("summary", {})
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → this rank's CUDA device when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"pipeline.device={name} but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch with `seed + rank`; optionally force deterministic kernels."""
+    seed = seed + dist.rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config_subset(cfg: RunConfig, keys: Iterable[str]) -> dict[str, Any]:
+    out = {}
+    for key in keys:
+        value = select(cfg, key)
+        out[key] = to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+    return out
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    *,
+    start: str | None = None,
+    until: str | None = None,
+    only: Iterable[str] = (),
+    force: Iterable[str] = (),
+) -> RunResult:
+    """Run the pipeline of `cfg.method` into `<pipeline.workdir>/<pipeline.name>/`.
+
+    A stage is skipped when its manifest's fingerprint (config subset, upstream completions,
+    package version) matches; `--from S` and `--force S` rerun S, and a stage that reruns makes
+    every stage after it rerun. A stage killed midway resumes into its own partial outputs when
+    its fingerprint is unchanged, and starts from an empty folder otherwise.
+    """
+    from wsss.methods import build_method
+
+    device = resolve_device(cfg.pipeline.device)
+    dist.init_from_env(device)
+    seed_everything(cfg.pipeline.seed, deterministic=cfg.pipeline.deterministic)
+    method = build_method(cfg)
+    all_stages: list[Stage] = method.stages()
+    if cfg.pipeline.stages:
+        unknown = sorted(set(cfg.pipeline.stages) - {s.name for s in all_stages})
+        if unknown:
+            raise ValueError(f"pipeline.stages: unknown stages {unknown}; this method has "
+                             f"{', '.join(s.name for s in all_stages)}")
+        all_stages = [s for s in all_stages if s.name in cfg.pipeline.stages]
+    chosen = {s.name for s in select_stages(all_stages, start=start, until=until, only=only)}
+    forced = set(force) | ({start} if start else set())
+    run_dir = Path(cfg.pipeline.workdir) / cfg.pipeline.name
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+    dist.barrier()
+
+    completions: dict[str, str] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    outcomes: list[StageOutcome] = []
+    for stage in all_stages:
+        stage_dir = run_dir / stage.name
+        upstream = {}
+        for need in stage.needs:
+            if need not in completions:
+                raise RuntimeError(
+                    f"stage {stage.name} needs {need}, which has not completed in {run_dir}; "
+                    f"run it first (without --only/--from)"
+                )
+            upstream[need] = completions[need]
+        fp = fingerprint({
+            "stage": stage.name,
+            "config": _config_subset(cfg, stage.depends_on),
+            "upstream": upstream,
+        })
+        manifest = read_manifest(stage_dir)
+        up_to_date = manifest is not None and manifest.get("fingerprint") == fp
+        if stage.name not in chosen or (up_to_date and stage.name not in forced):
+            if manifest is not None:
+                completions[stage.name] = manifest["completion"]
+                manifests[stage.name] = manifest
+                if stage.name in chosen:
+                    log.info("stage %-14s up to date, skipped", stage.name)
+                    outcomes.append(StageOutcome(stage.name, "skipped", 0.0, 0.0,
+                                                 manifest.get("summary", {})))
+            continue
+
+        resume = (not up_to_date and stage.name not in forced
+                  and read_in_progress(stage_dir) == fp)
+        if dist.is_main():
+            if not resume and stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            (stage_dir / "manifest.json").unlink(missing_ok=True)
+            write_in_progress(stage_dir, fp)
+        dist.barrier()
+        log.info("stage %-14s %s", stage.name, "resuming" if resume else "running")
+        _reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        context = StageContext(cfg=cfg, run_dir=run_dir, out_dir=stage_dir, device=device,
+                               method=method, upstream=dict(manifests))
+        summary = stage.run(context) or {}
+        seconds = time.perf_counter() - began
+        peak = _peak_rss_mb()
+        resources = {"seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1)}
+        if device.type == "cuda":
+            resources["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        body = {
+            "stage": stage.name,
+            "fingerprint": fp,
+            "completion": uuid.uuid4().hex,
+            "config": _config_subset(cfg, stage.depends_on),
+            "upstream": upstream,
+            "summary": summary,
+            "resources": resources,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        # Every rank must agree on the completion id, so rank 0's is broadcast through the file.
+        if dist.is_main():
+            write_manifest(stage_dir, body)
+            (stage_dir / ".inprogress.json").unlink(missing_ok=True)
+        dist.barrier()
+        manifest = read_manifest(stage_dir) or body
+        completions[stage.name] = manifest["completion"]
+        manifests[stage.name] = manifest
+        outcomes.append(StageOutcome(stage.name, "resumed" if resume else "ran", seconds, peak,
+                                     summary))
+    if dist.is_main():
+        write_text(run_dir / "stages.json",
+                   json.dumps([o.__dict__ for o in outcomes], indent=2, default=str) + "\n")
+    return RunResult(run_dir=run_dir, outcomes=outcomes)
+
+
+def format_resources(outcomes: list[StageOutcome]) -> str:
+    """A table of per-stage status, wall time and peak resident memory."""
+    lines = [f"{'stage':<16}{'status':<10}{'seconds':>10}{'peak RSS MB':>14}"]
+    for o in outcomes:
+        lines.append(f"{o.name:<16}{o.status:<10}{o.seconds:>10.1f}{o.peak_rss_mb:>14.0f}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Stage declaration, the context a stage runs in, and the resumable per-image loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from wsss.config import RunConfig
+from wsss.engine import distributed as dist
+from wsss.io import remove_temporaries
+
+log = logging.getLogger("wsss")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step.
+
+    Args:
+        name: folder name under the run directory, e.g. "make_cam".
+        run: called with a `StageContext`; returns a JSON-ready summary stored in the manifest.
+        needs: names of stages whose outputs this one reads.
+        depends_on: dotted config keys whose values form this stage's fingerprint.
+    """
+
+    name: str
+    run: Callable[[StageContext], dict[str, Any] | None]
+    needs: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class StageContext:
+    """What a running stage sees: config, folders, device, method and upstream manifests."""
+
+    cfg: RunConfig
+    run_dir: Path
+    out_dir: Path
+    device: torch.device
+    method: Any
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+
+def per_image(
+    names: Sequence[str],
+    out_paths: Callable[[str], Path],
+    work: Callable[[str], None],
+    *,
+    desc: str,
+    workers: int = 1,
+    pool_work: Callable[[Any], None] | None = None,
+    pool_args: Callable[[str], Any] | None = None,
+) -> int:
+    """Run `work(name)` for this rank's share of `names` whose output does not exist yet.
+
+    Items are split across ranks by stride; a resumed stage skips items already written (every
+    writer is atomic, so an existing file is a complete one). With `workers > 1` and
+    `pool_work`, the items run in a process pool as `pool_work(pool_args(name))`.
+
+    Returns:
+        the number of items this rank computed.
+    """
+    mine = dist.shard(list(names))
+    folders = {out_paths(n).parent for n in mine}
+    for folder in folders:
+        remove_temporaries(folder)
+    todo = [n for n in mine if not out_paths(n).is_file()]
+    if len(todo) < len(mine):
+        log.info("%s: %d of %d items already done, resuming", desc, len(mine) - len(todo), len(mine))
+    bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not dist.is_main())
+    if workers > 1 and pool_work is not None and pool_args is not None and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(pool_work, (pool_args(n) for n in todo), chunksize=4):
+                bar.update()
+    else:
+        for name in todo:
+            work(name)
+            bar.update()
+    bar.close()
+    dist.barrier()
+    return len(todo)
+
+
+def select_stages(
+    stages: Sequence[Stage],
+    *,
+    start: str | None = None,
+    until: str | None = None,
+    only: Iterable[str] = (),
+) -> list[Stage]:
+    """Stages to run, by `--from`, `--until` and `--only` (unknown names raise, listing the valid)."""
+    names = [s.name for s in stages]
+    for flag, value in (("--from", start), ("--until", until), *(("--only", o) for o in only)):
+        if value is not None and value not in names:
+            raise ValueError(f"{flag} {value}: unknown stage; this pipeline has {', '.join(names)}")
+    only = list(only)
+    if only:
+        return [s for s in stages if s.name in only]
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(names) - 1
+    return list(stages[first : last + 1])
