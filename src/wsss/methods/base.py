@@ -262,14 +262,20 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
     if "fixed" in result:
         f, s = result["fixed"], result["sweep"]
         return {"split": result.get("split"), "miou": f["miou"], "threshold": f["threshold"],
-                "precision": f.get("mean_precision"), "recall": f.get("mean_recall"),
+                "precision": _mean(f["precision"]), "recall": _mean(f["recall"]),
                 "oracle_miou": s["best_miou"], "oracle_threshold": s["best_threshold"]}
     out = {"split": result.get("split"), "miou": result["miou"],
-           "precision": result.get("mean_precision"), "recall": result.get("mean_recall"),
+           "precision": _mean(result["precision"]), "recall": _mean(result["recall"]),
            "coverage": result.get("coverage")}
     if "contour" in result:
         out["contour_f"] = result["contour"].get("mean_f")
     return out
+
+
+def _mean(per_class: dict[str, float | None]) -> float | None:
+    """Mean over classes with a defined value (None for none)."""
+    values = [v for v in per_class.values() if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _plot_cam_eval(result: dict[str, Any], out_dir: Path, *, label: str) -> None:
@@ -280,7 +286,7 @@ def _plot_cam_eval(result: dict[str, Any], out_dir: Path, *, label: str) -> None
                           out_dir / "miou_vs_threshold.png",
                           marks={"fixed": result["fixed"]["threshold"]},
                           title=f"mIoU(τ), {result.get('split')}")
-    best = list(sweep["per_image_best"].values())
+    best = list(sweep["per_image_best_thresholds"].values())
     if best:
         plot_threshold_histogram(best, out_dir / "best_threshold_hist.png",
                                  title="per-image optimal threshold")

@@ -130,7 +130,7 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith("fc.")}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -139,7 +139,7 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
             f"model.pretrained={pretrained}: weights do not match the backbone "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]})"
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=False)  # the unused ImageNet fc stays random
 
 
 def _fetch_torchvision_weights(weights: object) -> dict[str, torch.Tensor]:
