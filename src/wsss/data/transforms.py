@@ -1,0 +1,488 @@
+"""Paired (image, mask) transforms for training and evaluation, following IRN's `misc/imutils.py`.
+
+Every transform is a callable `(image, mask) -> (image, mask)`:
+- `image`: (H, W, 3) numpy array, uint8 (raw RGB) or float32 (after `Normalize`);
+- `mask`: (H, W) uint8 class indices (255 = ignore), or None when the sample has no mask.
+Geometric transforms move the image and the mask together; crops pad the mask with 255.
+`ToTensor` ends a pipeline: image float32 tensor (3, H, W), mask int64 tensor (H, W) or None.
+
+Randomness: every random transform draws from Python's `random` module (the global generator,
+as IRN does) unless it is given its own `rng=random.Random(seed)`. Seeding `random.seed(s)` makes a
+pipeline reproducible in the main process; inside `DataLoader` workers PyTorch seeds `random`
+from the loader's base seed, so `torch.manual_seed(s)` (plus `random.seed`/`np.random.seed`)
+makes multi-worker loading reproducible too. Neither numpy's nor torch's generator is used.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+Pair = tuple[np.ndarray, "np.ndarray | None"]
+
+_RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.BILINEAR, 3: Image.Resampling.BICUBIC}
+
+
+def _generator(rng: random.Random | None):
+    # The `random` module exposes the same methods as a `random.Random` instance.
+    return random if rng is None else rng
+
+
+# --------------------------------------------------------------------------------------------
+# Functional helpers
+# --------------------------------------------------------------------------------------------
+
+
+def pil_resize(array: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+    """Resize an array with PIL (IRN `misc/imutils.py pil_resize`).
+
+    Args:
+        array: (H, W) or (H, W, K) array. uint8 arrays with 1 or 3 channels are resized by PIL
+            directly; other dtypes are resized channel by channel as 32-bit float images and cast
+            back (exact for nearest-neighbour resizing of integer labels below 2**24).
+        size: target (height, width).
+        order: 3 = bicubic, 1 = bilinear, 0 = nearest.
+
+    Returns:
+        The resized array, same dtype and channel count; the input itself when the size is
+        unchanged.
+    """
+    if order not in _RESAMPLE:
+        raise ValueError(f"order must be one of {sorted(_RESAMPLE)}, got {order}")
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"target size must be positive, got {(height, width)}")
+    if array.shape[0] == height and array.shape[1] == width:
+        return array
+    resample = _RESAMPLE[order]
+    if array.dtype == np.uint8 and (array.ndim == 2 or array.shape[2] in (1, 3)):
+        squeeze = array.ndim == 3 and array.shape[2] == 1
+        source = array[..., 0] if squeeze else array
+        out = np.asarray(Image.fromarray(source).resize((width, height), resample))
+        return out[..., None] if squeeze else out
+    if array.ndim == 2:
+        plane = Image.fromarray(array.astype(np.float32)).resize((width, height), resample)
+        out = np.asarray(plane)
+    else:
+        out = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(array[..., k], dtype=np.float32)).resize(
+                        (width, height), resample
+                    )
+                )
+                for k in range(array.shape[2])
+            ],
+            axis=-1,
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(array.dtype)
+
+
+def pil_rescale(array: np.ndarray, scale: float, order: int) -> np.ndarray:
+    """Rescale by `scale` with PIL; target size `(round(H * scale), round(W * scale))`.
+
+    IRN `misc/imutils.py pil_rescale` semantics (`np.round`, i.e. round half to even).
+
+    Args:
+        array: (H, W) or (H, W, K) array (see `pil_resize`).
+        scale: positive factor.
+        order: 3 = bicubic (images), 0 = nearest (masks).
+
+    Returns:
+        (round(H * scale), round(W * scale)[, K]) array of the input dtype.
+    """
+    height, width = array.shape[:2]
+    target = (max(1, int(np.round(height * scale))), max(1, int(np.round(width * scale))))
+    return pil_resize(array, target, order)
+
+
+def normalize_array(
+    image: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """`(image / 255 - mean) / std` per channel.
+
+    Args:
+        image: (H, W, 3) uint8 or float in the 0..255 range.
+
+    Returns:
+        float32 (H, W, 3).
+    """
+    mean_arr = np.asarray(mean, dtype=np.float32)
+    std_arr = np.asarray(std, dtype=np.float32)
+    return ((np.asarray(image, dtype=np.float32) / 255.0 - mean_arr) / std_arr).astype(np.float32)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array → float32 tensor (3, H, W), values unchanged."""
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """(H, W) integer array → int64 tensor (H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+
+
+def normalize_image(
+    image: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Normalise an RGB image for a network: `(image / 255 - mean) / std`, HWC → CHW.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+
+    Returns:
+        float32 tensor (3, H, W).
+    """
+    return image_to_tensor(normalize_array(image, mean, std))
+
+
+# --------------------------------------------------------------------------------------------
+# Transform classes
+# --------------------------------------------------------------------------------------------
+
+
+class Compose:
+    """Apply paired transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[..., Pair]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, mask=None):
+        for transform in self.transforms:
+            image, mask = transform(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+class RandomResizeLong:
+    """Resize so that the long side is a random integer in [min_long, max_long] (IRN CAM training).
+
+    The scale is `target / H` if W < H else `target / W`; sizes follow `pil_rescale` (round()).
+    Image: PIL bicubic; mask: nearest.
+    """
+
+    def __init__(self, min_long: int, max_long: int, *, rng: random.Random | None = None):
+        if not 0 < min_long <= max_long:
+            raise ValueError(f"need 0 < min_long <= max_long, got {min_long}, {max_long}")
+        self.min_long, self.max_long = int(min_long), int(max_long)
+        self.rng = rng
+
+    def __call__(self, image, mask=None):
+        target_long = _generator(self.rng).randint(self.min_long, self.max_long)
+        height, width = image.shape[:2]
+        scale = target_long / height if width < height else target_long / width
+        image = pil_rescale(image, scale, 3)
+        if mask is not None:
+            mask = pil_rescale(mask, scale, 0)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomResizeLong({self.min_long}, {self.max_long})"
+
+
+class RandomRescale:
+    """Rescale by a factor drawn uniformly from [min_scale, max_scale] (IRN `random_scale`).
+
+    Image: PIL bicubic; mask: nearest; sizes follow `pil_rescale` (round()).
+    """
+
+    def __init__(self, min_scale: float, max_scale: float, *, rng: random.Random | None = None):
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.rng = rng
+
+    def __call__(self, image, mask=None):
+        scale = self.min_scale + _generator(self.rng).random() * (self.max_scale - self.min_scale)
+        image = pil_rescale(image, scale, 3)
+        if mask is not None:
+            mask = pil_rescale(mask, scale, 0)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomRescale({self.min_scale}, {self.max_scale})"
+
+
+class RandomHorizontalFlip:
+    """Flip image and mask left-right together with probability `p`."""
+
+    def __init__(self, p: float = 0.5, *, rng: random.Random | None = None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.rng = rng
+
+    def __call__(self, image, mask=None):
+        if _generator(self.rng).random() < self.p:
+            image = np.ascontiguousarray(image[:, ::-1])
+            if mask is not None:
+                mask = np.ascontiguousarray(mask[:, ::-1])
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class ColorJitter:
+    """Random brightness, contrast, saturation and hue changes of the image (mask untouched).
+
+    Factors follow torchvision's `ColorJitter` ranges: brightness/contrast/saturation factor
+    uniform in [max(0, 1 - v), 1 + v], hue shift uniform in [-hue, hue] (hue <= 0.5, fraction of
+    the colour circle); the four operations are applied in a random order (PIL `ImageEnhance`
+    and an HSV hue rotation). A value of 0 disables that operation. Needs a uint8 image, so it
+    goes before `Normalize`.
+    """
+
+    def __init__(
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        *,
+        rng: random.Random | None = None,
+    ):
+        for name, value in (("brightness", brightness), ("contrast", contrast),
+                            ("saturation", saturation), ("hue", hue)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if hue > 0.5:
+            raise ValueError(f"hue must be <= 0.5, got {hue}")
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.saturation, self.hue = float(saturation), float(hue)
+        self.rng = rng
+
+    def __call__(self, image, mask=None):
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"ColorJitter needs a uint8 image (place it before Normalize), got {image.dtype}"
+            )
+        gen = _generator(self.rng)
+        ops = []
+        if self.brightness > 0:
+            ops.append(("brightness", self.brightness))
+        if self.contrast > 0:
+            ops.append(("contrast", self.contrast))
+        if self.saturation > 0:
+            ops.append(("saturation", self.saturation))
+        if self.hue > 0:
+            ops.append(("hue", self.hue))
+        if not ops:
+            return image, mask
+        gen.shuffle(ops)
+        pil = Image.fromarray(image)
+        for name, value in ops:
+            if name == "hue":
+                shift = gen.uniform(-value, value)
+                h, s, v = pil.convert("HSV").split()
+                h_arr = np.asarray(h, dtype=np.uint8)
+                # uint8 wrap-around rotates the hue circle, as torchvision's PIL path does.
+                h_arr = (h_arr.astype(np.int16) + round(shift * 255)) % 256
+                h = Image.fromarray(h_arr.astype(np.uint8))
+                pil = Image.merge("HSV", (h, s, v)).convert("RGB")
+            else:
+                factor = gen.uniform(max(0.0, 1.0 - value), 1.0 + value)
+                enhancer = {
+                    "brightness": ImageEnhance.Brightness,
+                    "contrast": ImageEnhance.Contrast,
+                    "saturation": ImageEnhance.Color,
+                }[name]
+                pil = enhancer(pil).enhance(factor)
+        return np.asarray(pil, dtype=np.uint8).copy(), mask
+
+    def __repr__(self) -> str:
+        return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
+                f"saturation={self.saturation}, hue={self.hue})")
+
+
+class Normalize:
+    """`(image / 255 - mean) / std` → float32 (H, W, 3); the mask is untouched."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, image, mask=None):
+        return normalize_array(image, self.mean, self.std), mask
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+class RandomCrop:
+    """Random crop to `size`, padding when the image is smaller (IRN `random_crop`).
+
+    Along each axis: if the image is larger than the crop, a random window of the image is taken;
+    otherwise the whole image is placed at a random offset inside a container filled with
+    `image_fill` (IRN pads the *normalised* image with 0, the mean colour) and `mask_fill`
+    (255 = ignore) for the mask. The output is always exactly `size`.
+
+    Args:
+        size: crop side (int) or (height, width).
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        image_fill: float = 0.0,
+        mask_fill: int = 255,
+        *,
+        rng: random.Random | None = None,
+    ):
+        if isinstance(size, int):
+            size = (size, size)
+        self.size = (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise ValueError(f"crop size must be positive, got {self.size}")
+        self.image_fill = image_fill
+        self.mask_fill = int(mask_fill)
+        self.rng = rng
+
+    @staticmethod
+    def _axis(gen, length: int, crop: int) -> tuple[int, int, int]:
+        """(container offset, image offset, extent) along one axis."""
+        space = length - crop
+        if space > 0:
+            return 0, gen.randrange(space + 1), crop
+        return gen.randrange(-space + 1), 0, length
+
+    def __call__(self, image, mask=None):
+        gen = _generator(self.rng)
+        height, width = image.shape[:2]
+        crop_h, crop_w = self.size
+        cont_top, img_top, ext_h = self._axis(gen, height, crop_h)
+        cont_left, img_left, ext_w = self._axis(gen, width, crop_w)
+        out = np.full((crop_h, crop_w) + image.shape[2:], self.image_fill, dtype=image.dtype)
+        out[cont_top:cont_top + ext_h, cont_left:cont_left + ext_w] = (
+            image[img_top:img_top + ext_h, img_left:img_left + ext_w]
+        )
+        if mask is not None:
+            if mask.shape[:2] != (height, width):
+                raise ValueError(
+                    f"mask shape {mask.shape} does not match image shape {image.shape}"
+                )
+            out_mask = np.full((crop_h, crop_w), self.mask_fill, dtype=mask.dtype)
+            out_mask[cont_top:cont_top + ext_h, cont_left:cont_left + ext_w] = (
+                mask[img_top:img_top + ext_h, img_left:img_left + ext_w]
+            )
+            mask = out_mask
+        return out, mask
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.size}, image_fill={self.image_fill}, mask_fill={self.mask_fill})"
+
+
+class ToTensor:
+    """image (H, W, 3) → float32 tensor (3, H, W), values unchanged; mask → int64 (H, W) | None."""
+
+    def __call__(self, image, mask=None):
+        image_t = image if isinstance(image, torch.Tensor) else image_to_tensor(image)
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            mask = mask_to_tensor(mask)
+        return image_t, mask
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+# --------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------
+
+
+def build_train_transform(
+    *,
+    crop_size: int | tuple[int, int] | None,
+    resize_long: tuple[int, int] | None = None,
+    scale_range: tuple[float, float] | None = None,
+    flip: bool = True,
+    color_jitter: tuple[float, float, float, float] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    rng: random.Random | None = None,
+) -> Compose:
+    """The IRN training pipeline (`voc12/dataloader.py VOC12ImageDataset` order).
+
+    resize-long → rescale → colour jitter → normalise → flip → crop (image pad 0, mask pad 255)
+    → tensors. Steps given as None (or `flip=False`) are left out; `crop_size=None` keeps the
+    full image (variable sizes; batch size 1 or a custom collate).
+
+    Args:
+        crop_size: output side (int) or (height, width), or None.
+        resize_long: (min_long, max_long) for `RandomResizeLong`, e.g. (320, 640) in IRN.
+        scale_range: (min_scale, max_scale) for `RandomRescale`, e.g. (0.5, 1.5).
+        color_jitter: (brightness, contrast, saturation, hue) or None.
+        rng: optional `random.Random` shared by all random steps (default: the global `random`).
+            A private generator is copied into every DataLoader worker, so workers would repeat
+            each other's draws; keep the default for multi-worker loading.
+
+    Returns:
+        A `Compose` mapping (uint8 (H, W, 3), uint8 (H, W) | None) to
+        (float32 tensor (3, h, w), int64 tensor (h, w) | None).
+    """
+    steps: list[Callable[..., Pair]] = []
+    if resize_long is not None:
+        steps.append(RandomResizeLong(resize_long[0], resize_long[1], rng=rng))
+    if scale_range is not None:
+        steps.append(RandomRescale(scale_range[0], scale_range[1], rng=rng))
+    if color_jitter is not None:
+        if len(color_jitter) != 4:
+            raise ValueError(
+                f"color_jitter must be (brightness, contrast, saturation, hue), got {color_jitter}"
+            )
+        steps.append(ColorJitter(*color_jitter, rng=rng))
+    steps.append(Normalize(mean, std))
+    if flip:
+        steps.append(RandomHorizontalFlip(0.5, rng=rng))
+    if crop_size is not None:
+        steps.append(RandomCrop(crop_size, image_fill=0.0, mask_fill=255, rng=rng))
+    steps.append(ToTensor())
+    return Compose(steps)
+
+
+def build_eval_transform(
+    *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Compose:
+    """Normalise and convert to tensors, no geometry (full-resolution evaluation)."""
+    return Compose([Normalize(mean, std), ToTensor()])
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ColorJitter",
+    "Compose",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "RandomRescale",
+    "RandomResizeLong",
+    "ToTensor",
+    "build_eval_transform",
+    "build_train_transform",
+    "image_to_tensor",
+    "mask_to_tensor",
+    "normalize_array",
+    "normalize_image",
+    "pil_rescale",
+    "pil_resize",
+]
