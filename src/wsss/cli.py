@@ -20,7 +20,9 @@ def _setup_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("wsss")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    if dist.is_main() and not logger.handlers:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if dist.is_main():  # only rank 0 logs
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)

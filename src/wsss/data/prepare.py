@@ -28,7 +28,7 @@ def ensure_synthetic(cfg: DataConfig) -> None:
     meta_path = root / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        found = {k: meta.get(k, meta.get("params", {}).get(k)) for k in wanted}
+        found = {k: meta.get("parameters", {}).get(k) for k in wanted}
         if found != wanted:
             raise DataError(
                 f"{meta_path}: synthetic data made with {found}, config asks for {wanted} "

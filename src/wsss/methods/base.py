@@ -42,6 +42,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # Method config keys that change the trained network / the CAMs it infers (fingerprints).
+    train_keys: ClassVar[tuple[str, ...]] = ("method.name",)
+    cam_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -142,7 +145,7 @@ class Method(abc.ABC):
             return {"epochs": result.epochs, "steps": result.steps,
                     "final_loss": last.get("loss")}
 
-        return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + ("method",) + depends_on,
+        return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + self.train_keys + depends_on,
                      description="train the network on image-level labels")
 
     def make_cam_stage(
@@ -170,7 +173,7 @@ class Method(abc.ABC):
             return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
 
         return Stage(name, run, needs=(train_stage,),
-                     depends_on=("data.infer_split", "data.root"),
+                     depends_on=("data.infer_split", "data.root") + self.cam_keys,
                      description="multi-scale + flip CAMs per image (.npz)")
 
     def eval_cam_stage(self, name: str = "eval_cam", cam_stage: str = "make_cam",
@@ -268,7 +271,7 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
            "precision": _mean(result["precision"]), "recall": _mean(result["recall"]),
            "coverage": result.get("coverage")}
     if "contour" in result:
-        out["contour_f"] = result["contour"].get("mean_f")
+        out["contour_f"] = result["contour"]["fscore"]
     return out
 
 

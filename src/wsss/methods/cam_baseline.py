@@ -73,6 +73,8 @@ class CamBaseline(Method):
 
     name = "cam_baseline"
     config_cls = CamBaselineConfig
+    train_keys = ("method.name", "method.detach_stages")
+    cam_keys = ("method.cam_scales", "method.cam_flip")
 
     def build_model(self, num_classes: int) -> nn.Module:
         m = self.cfg.model
@@ -101,7 +103,7 @@ class CamBaseline(Method):
                                device=device)
         present = np.flatnonzero(labels > 0)
         cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
-        return cams.cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
+        return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
 
     def stages(self) -> list[Stage]:
         return [

@@ -59,7 +59,7 @@ def format_eval(result: dict[str, Any], class_names: list[str]) -> str:
         lines = [f"split {result.get('split')}: mIoU {_pct(result['miou'])}, coverage "
                  f"{_pct(result.get('coverage'))} (share of labelled pixels not left at 255)"]
         if "contour" in result:
-            lines[0] += f", contour F {_pct(result['contour'].get('mean_f'))}"
+            lines[0] += f", contour F {_pct(result['contour']['fscore'])}"
         body = result
     lines.append(f"{'class':<16}{'IoU':>7}{'prec':>7}{'rec':>7}")
     for name in class_names:

@@ -148,12 +148,16 @@ def run_pipeline(
         stage_dir = run_dir / stage.name
         upstream = {}
         for need in stage.needs:
+            if need not in completions and stage.name not in chosen:
+                break
             if need not in completions:
                 raise RuntimeError(
                     f"stage {stage.name} needs {need}, which has not completed in {run_dir}; "
                     f"run it first (without --only/--from)"
                 )
             upstream[need] = completions[need]
+        if len(upstream) < len(stage.needs):
+            continue  # not selected and its inputs are not there: nothing to record
         fp = fingerprint({
             "stage": stage.name,
             "config": _config_subset(cfg, stage.depends_on),
