@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,11 @@ def color_palette(num_colors: int = 256) -> np.ndarray:
     Returns:
         uint8 array (num_colors, 3); entry 0 is black, entry 255 is (224, 224, 192) (void).
     """
+    return _palette(num_colors).copy()
+
+
+@lru_cache(maxsize=4)
+def _palette(num_colors: int) -> np.ndarray:
     palette = np.zeros((num_colors, 3), dtype=np.uint8)
     for index in range(num_colors):
         r = g = b = 0
