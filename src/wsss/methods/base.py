@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsss.config import RunConfig, to_dict
+from wsss.config import RunConfig, select, to_dict
 from wsss.data import build_dataset
 from wsss.data.transforms import build_train_transform
 from wsss.engine import distributed as dist
@@ -45,6 +45,9 @@ class Method(abc.ABC):
     # Method config keys that change the trained network / the CAMs it infers (fingerprints).
     train_keys: ClassVar[tuple[str, ...]] = ("method.name",)
     cam_keys: ClassVar[tuple[str, ...]] = ()
+    # The stage whose `masks/` the final segmentation network trains on (segnet.pseudo_mask_stage
+    # overrides it).
+    pseudo_mask_stage: ClassVar[str] = ""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -79,16 +82,7 @@ class Method(abc.ABC):
 
     # Shared helpers ------------------------------------------------------------------------
     def dataset(self, split: str, *, train: bool = False) -> Any:
-        transform = None
-        if train:
-            t = self.cfg.train
-            transform = build_train_transform(
-                crop_size=t.crop_size,
-                resize_long=tuple(t.resize_long) if t.resize_long else None,
-                scale_range=tuple(t.scale_range) if t.scale_range else None,
-                flip=t.flip,
-                color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
-            )
+        transform = train_transform(self.cfg.train) if train else None
         return build_dataset(self.cfg.data, split, transform=transform)
 
     def checkpoint_meta(self, dataset: Any) -> dict[str, Any]:
@@ -110,6 +104,15 @@ class Method(abc.ABC):
         return model.to(device).eval()
 
     # Shared stages -------------------------------------------------------------------------
+    def segnet_stages(self) -> list[Stage]:
+        """train_segnet → predict_val → eval_val when `segnet.enabled`, else none; every
+        method's `stages()` ends with these."""
+        if not self.cfg.segnet.enabled:
+            return []
+        from wsss.methods.segnet import segnet_stages
+
+        return segnet_stages(self)
+
     def data_stage(self) -> Stage:
         def run(ctx: StageContext) -> dict[str, Any]:
             from wsss.data.prepare import prepare_data
@@ -120,33 +123,35 @@ class Method(abc.ABC):
                      description="generate (synthetic) and validate every split")
 
     def train_stage(self, name: str = "train_cam", needs: tuple[str, ...] = ("data",),
-                    depends_on: tuple[str, ...] = ()) -> Stage:
-        def run(ctx: StageContext) -> dict[str, Any]:
-            dataset = self.dataset(ctx.cfg.data.train_split, train=True)
-            model = self.build_model(dataset.num_classes)
-            t = ctx.cfg.train
-            trainer = Trainer(
-                model=model, step_fn=self.training_step,
-                param_groups=self.param_groups(model, t.lr), dataset=dataset,
-                out_dir=ctx.out_dir, device=ctx.device, epochs=t.epochs,
-                batch_size=t.batch_size, optimizer=t.optimizer, momentum=t.momentum,
-                weight_decay=t.weight_decay, poly_power=t.poly_power, grad_clip=t.grad_clip,
-                amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed,
-                meta=self.checkpoint_meta(dataset),
-            )
-            result = trainer.fit()
-            if dist.is_main():
-                save_checkpoint(ctx.out_dir / "model.pt",
-                                {"model": model.state_dict(), "meta": self.checkpoint_meta(dataset)})
-                write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
-            dist.barrier()
-            last = result.history[-1] if result.history else {}
-            return {"epochs": result.epochs, "steps": result.steps,
-                    "final_loss": last.get("loss")}
+                    depends_on: tuple[str, ...] = (), *, train_key: str = "train",
+                    dataset_fn: Callable[[StageContext, Any], Any] | None = None,
+                    description: str = "train the network on image-level labels") -> Stage:
+        """Train `build_model` with `training_step` through the `Trainer`.
 
-        return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + self.train_keys + depends_on,
-                     description="train the network on image-level labels")
+        Args:
+            train_key: dotted key of the `TrainConfig` to use (e.g. "method.amn_train" for a
+                second network); it replaces "train" in the fingerprint.
+            dataset_fn: (ctx, train config) → training dataset; default: the training split with
+                the config's augmentation.
+        """
+        def run(ctx: StageContext) -> dict[str, Any]:
+            t = select(ctx.cfg, train_key)
+            if dataset_fn is not None:
+                dataset = dataset_fn(ctx, t)
+            elif train_key == "train":
+                dataset = self.dataset(ctx.cfg.data.train_split, train=True)
+            else:
+                dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.train_split,
+                                        transform=train_transform(t))
+            model = self.build_model(dataset.num_classes)
+            return fit_model(ctx, model=model, step_fn=self.training_step,
+                             param_groups=self.param_groups(model, t.lr), dataset=dataset,
+                             train_cfg=t, meta=self.checkpoint_meta(dataset))
+
+        keys = TRAIN_KEYS if train_key == "train" else (
+            tuple(k for k in TRAIN_KEYS if k != "train") + (train_key,))
+        return Stage(name, run, needs=needs, depends_on=keys + self.train_keys + depends_on,
+                     description=description)
 
     def make_cam_stage(
         self,
@@ -223,11 +228,14 @@ class Method(abc.ABC):
                                  "method.seed_crf"),
                      description="confident seeds (fg / bg thresholds + dense CRF), 255 = unsure")
 
-    def eval_masks_stage(self, name: str, mask_stage: str, split_key: str = "eval_split") -> Stage:
+    def eval_masks_stage(self, name: str, mask_stage: str, split_key: str = "eval_split",
+                         subdir: str = "masks") -> Stage:
+        """Score the PNG masks in `<mask_stage>/<subdir>/` against the ground truth."""
+
         def run(ctx: StageContext) -> dict[str, Any]:
             split = getattr(ctx.cfg.data, split_key)
             dataset = self.dataset(split)
-            result = evaluate_masks(ctx.stage_dir(mask_stage) / "masks", dataset,
+            result = evaluate_masks(ctx.stage_dir(mask_stage) / subdir, dataset,
                                     absent=ctx.cfg.eval.absent, contour=ctx.cfg.eval.contour,
                                     desc=name)
             result["split"] = split
@@ -242,6 +250,43 @@ class Method(abc.ABC):
 
         return Stage(name, run, needs=(mask_stage,), depends_on=(f"data.{split_key}", "eval"),
                      description=f"score {mask_stage} masks against ground truth")
+
+
+def train_transform(t: Any) -> Any:
+    """The paired training augmentation of a `TrainConfig` (IRN order, see `build_train_transform`)."""
+    return build_train_transform(
+        crop_size=t.crop_size,
+        resize_long=tuple(t.resize_long) if t.resize_long else None,
+        scale_range=tuple(t.scale_range) if t.scale_range else None,
+        flip=t.flip,
+        color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
+    )
+
+
+def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any],
+              param_groups: list[dict[str, Any]], dataset: Any, train_cfg: Any,
+              meta: dict[str, Any]) -> dict[str, Any]:
+    """Train `model` with the `Trainer` on `train_cfg`, save `model.pt` and `history.json`.
+
+    Returns:
+        the stage summary: epochs, steps and the last epoch's mean loss.
+    """
+    t = train_cfg
+    trainer = Trainer(
+        model=model, step_fn=step_fn, param_groups=param_groups, dataset=dataset,
+        out_dir=ctx.out_dir, device=ctx.device, epochs=t.epochs,
+        batch_size=t.batch_size, optimizer=t.optimizer, momentum=t.momentum,
+        weight_decay=t.weight_decay, poly_power=t.poly_power, grad_clip=t.grad_clip,
+        amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+        num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
+    )
+    result = trainer.fit()
+    if dist.is_main():
+        save_checkpoint(ctx.out_dir / "model.pt", {"model": model.state_dict(), "meta": meta})
+        write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
+    dist.barrier()
+    last = result.history[-1] if result.history else {}
+    return {"epochs": result.epochs, "steps": result.steps, "final_loss": last.get("loss")}
 
 
 def _seed_one(args: tuple[str, str, str, dict[str, Any]]) -> None:

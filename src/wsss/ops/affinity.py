@@ -1,0 +1,198 @@
+"""Inter-pixel relations for IRN (arXiv:1904.05044): path indices, affinities, affinity labels.
+
+Re-implements the indexing of `jiwoon-ahn/irn: misc/indexing.py` (`PathIndex`,
+`edge_to_affinity`, `PathIndex.to_displacement`) and `voc12/dataloader.py`
+(`GetAffinityLabelFromIndices`). A *direction* d = (dy, dx) joins a source pixel i to the
+destination i + d; the directions cover a half disc of the given radius, so every unordered
+pair within the radius appears once. Per-direction outputs are ordered by path length (as IRN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wsss.data.labels import BACKGROUND, IGNORE_INDEX
+
+__all__ = [
+    "PathIndex",
+    "affinity_from_boundary",
+    "affinity_labels",
+    "downsample_labels",
+    "pair_displacement",
+    "search_directions",
+]
+
+
+def search_directions(radius: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Directions of a half disc and the lattice path of each, grouped by path length.
+
+    Directions are (0, x) for x = 1..r-1, then (y, x) for y = 1..r-1, x = -r+1..r-1 with
+    x² + y² < r². The path of d holds the points of the bounding box of (0, 0)–d whose squared
+    distance to the line through them is < 1 (both ends included), farthest first.
+
+    Args:
+        radius: r ≥ 2 (IRN: 10 for training, 5 for the random walk; r = 5 gives 34 directions).
+
+    Returns:
+        list of (direction (dy, dx), path int64 (L, 2) of (y, x) offsets, path[0] == direction),
+        sorted by L (stable, so directions of equal length keep the order above).
+    """
+    if radius < 2:
+        raise ValueError(f"radius must be >= 2, got {radius}")
+    dirs = [(0, x) for x in range(1, radius)]
+    dirs += [(y, x) for y in range(1, radius) for x in range(-radius + 1, radius)
+             if x * x + y * y < radius * radius]
+    out = []
+    for dy, dx in dirs:
+        length_sq = dy * dy + dx * dx
+        points = [(y, x)
+                  for y in range(min(0, dy), max(0, dy) + 1)
+                  for x in range(min(0, dx), max(0, dx) + 1)
+                  if (dy * x - dx * y) ** 2 / length_sq < 1]
+        points.sort(key=lambda p: -abs(p[0]) - abs(p[1]))
+        out.append(((dy, dx), np.asarray(points, dtype=np.int64)))
+    out.sort(key=lambda item: len(item[1]))
+    return out
+
+
+@dataclass(frozen=True)
+class PathIndex:
+    """Flat pixel indices of every (source, direction) pair of an (h, w) map.
+
+    Sources are the top-left-anchored window rows [0, h − f), columns [f, w − f) with
+    f = ceil(r) − 1, so that every destination source + d lies inside the map.
+
+    Attributes:
+        radius: r.
+        size: (h, w) of the map.
+        directions: int64 (D, 2) of (dy, dx), in path-length order.
+        src_indices: int64 (S,) flat indices of the sources.
+        dst_indices: int64 (D, S) flat indices of the destinations.
+        path_indices: per path length L, int64 (D_L, L, S): flat indices of the path points
+            (the D_L concatenated over L give the D directions in order).
+    """
+
+    radius: int
+    size: tuple[int, int]
+    directions: Tensor
+    src_indices: Tensor
+    dst_indices: Tensor
+    path_indices: tuple[Tensor, ...]
+
+    @classmethod
+    def build(cls, radius: int, size: tuple[int, int]) -> PathIndex:
+        """Indices for a map of `size` = (h, w); h > f and w > 2f are required."""
+        h, w = int(size[0]), int(size[1])
+        floor = int(math.ceil(radius) - 1)
+        ch, cw = h - floor, w - 2 * floor
+        if ch < 1 or cw < 1:
+            raise ValueError(f"map {h}x{w} too small for radius {radius} (needs h > {floor}, "
+                             f"w > {2 * floor})")
+        full = np.arange(h * w, dtype=np.int64).reshape(h, w)
+
+        def window(dy: int, dx: int) -> np.ndarray:
+            return full[dy:dy + ch, floor + dx:floor + dx + cw].reshape(-1)
+
+        groups: dict[int, list[np.ndarray]] = {}
+        directions = []
+        for direction, path in search_directions(radius):
+            directions.append(direction)
+            groups.setdefault(len(path), []).append(np.stack([window(y, x) for y, x in path]))
+        path_indices = tuple(torch.from_numpy(np.stack(groups[k])) for k in sorted(groups))
+        dst = torch.cat([p[:, 0] for p in path_indices], dim=0)
+        return cls(radius=radius, size=(h, w),
+                   directions=torch.tensor(directions, dtype=torch.int64),
+                   src_indices=torch.from_numpy(window(0, 0).copy()), dst_indices=dst,
+                   path_indices=path_indices)
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.directions.shape[0])
+
+
+def affinity_from_boundary(boundary: Tensor, index: PathIndex) -> Tensor:
+    """IRN affinity a_ij = 1 − max_{k ∈ path(i, j)} B_k.
+
+    Args:
+        boundary: (B, 1, h, w) boundary probabilities in [0, 1] (sigmoid of the edge logits).
+        index: `PathIndex` for (h, w).
+
+    Returns:
+        (B, D, S) affinities in [0, 1], directions in `index` order.
+    """
+    if tuple(boundary.shape[-2:]) != index.size:
+        raise ValueError(f"boundary is {tuple(boundary.shape[-2:])}, index is for {index.size}")
+    flat = boundary.reshape(boundary.shape[0], -1)
+    out = []
+    for paths in index.path_indices:
+        ind = paths.to(flat.device)
+        values = flat[:, ind.reshape(-1)].view(flat.shape[0], *ind.shape)  # (B, D_L, L, S)
+        out.append(1.0 - values.amax(dim=2))
+    return torch.cat(out, dim=1)
+
+
+def pair_displacement(displacement: Tensor, index: PathIndex) -> Tensor:
+    """Displacement differences D(src) − D(dst) for every pair (IRN `to_displacement`).
+
+    Args:
+        displacement: (B, 2, h, w) predicted displacement field.
+
+    Returns:
+        (B, 2, D, S).
+    """
+    flat = displacement.reshape(*displacement.shape[:2], -1)
+    src = flat[..., index.src_indices.to(flat.device)]  # (B, 2, S)
+    dst = flat[..., index.dst_indices.to(flat.device)]  # (B, 2, D, S)
+    return src.unsqueeze(2) - dst
+
+
+def affinity_labels(seeds: Tensor, index: PathIndex) -> tuple[Tensor, Tensor, Tensor]:
+    """Pair labels from a seed map (IRN `GetAffinityLabelFromIndices`).
+
+    A pair is valid when neither end is 255 (IRN: both labels < 21, i.e. not ignore).
+
+    Args:
+        seeds: (h, w) or (B, h, w) integer labels, 0 = background, 255 = unsure.
+        index: `PathIndex` for (h, w).
+
+    Returns:
+        (bg_pos, fg_pos, neg), float32 (D, S) or (B, D, S): same label and background; same
+        foreground label; different labels.
+    """
+    batched = seeds.ndim == 3
+    flat = seeds.reshape(seeds.shape[0] if batched else 1, -1).long()
+    src = flat[:, index.src_indices.to(flat.device)].unsqueeze(1)  # (B, 1, S)
+    dst = flat[:, index.dst_indices.to(flat.device)]  # (B, D, S)
+    valid = (src != IGNORE_INDEX) & (dst != IGNORE_INDEX)
+    equal = src == dst
+    bg_pos = (equal & valid & (src == BACKGROUND)).float()
+    fg_pos = (equal & valid & (src != BACKGROUND)).float()
+    neg = (~equal & valid).float()
+    if not batched:
+        return bg_pos[0], fg_pos[0], neg[0]
+    return bg_pos, fg_pos, neg
+
+
+def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of label maps with PIL's sampling (pixel centres).
+
+    Output pixel i reads input pixel floor((i + 0.5) · H / h), as `PIL.Image.resize(NEAREST)`
+    does (IRN/AMN resize their seeds with PIL; `F.interpolate(mode="nearest")` reads floor(i·H/h)).
+
+    Args:
+        labels: (..., H, W) integer tensor.
+        size: (h, w).
+
+    Returns:
+        (..., h, w), same dtype and device.
+    """
+    big_h, big_w = labels.shape[-2:]
+    h, w = int(size[0]), int(size[1])
+    rows = ((torch.arange(h, device=labels.device) + 0.5) * big_h / h).floor().long()
+    cols = ((torch.arange(w, device=labels.device) + 0.5) * big_w / w).floor().long()
+    return labels[..., rows.clamp_max(big_h - 1), :][..., cols.clamp_max(big_w - 1)]
