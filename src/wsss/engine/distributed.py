@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 T = TypeVar("T")
 
@@ -81,3 +82,31 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's items: every `world_size`-th item starting at `rank` (stride split)."""
     return list(items[rank() :: world_size()])
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` from rank `src` on every rank (identity in one process)."""
+    if not (is_initialized() and world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every plain `nn.BatchNorm2d` (one that updates its statistics) by `SyncBatchNorm`.
+
+    Frozen-statistics BatchNorm subclasses (IRN/AMN's fixed BN) are kept as they are, unlike
+    `nn.SyncBatchNorm.convert_sync_batchnorm`, which would convert them too.
+    """
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = nn.SyncBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum,
+                                    affine=child.affine,
+                                    track_running_stats=child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module

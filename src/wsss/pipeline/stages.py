@@ -72,9 +72,10 @@ def per_image(
         the number of items this rank computed.
     """
     mine = dist.shard(list(names))
-    folders = {out_paths(n).parent for n in mine}
-    for folder in folders:
-        remove_temporaries(folder)
+    if dist.is_main():  # leftovers of a killed run; removed before any rank starts writing
+        for folder in {out_paths(n).parent for n in names}:
+            remove_temporaries(folder)
+    dist.barrier()
     todo = [n for n in mine if not out_paths(n).is_file()]
     if len(todo) < len(mine):
         log.info("%s: %d of %d items already done, resuming", desc, len(mine) - len(todo), len(mine))
