@@ -124,7 +124,7 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def iou(conf: torch.Tensor | np.ndarray, *, absent: Absent = "nan") -> torch.Tensor:
-    """Per-class intersection over union, `M_cc / (Σ_j M_cj + Σ_i M_ic − M_cc)` on the N×N block.
+    """Per-class IoU, `M_cc / (Σ_j M_cj + Σ_i M_ic − M_cc)`, on the N×N block.
 
     Args:
         conf: int (..., N, N+1) confusion matrix or stack of them.

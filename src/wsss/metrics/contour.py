@@ -204,7 +204,7 @@ def boundary_prf(counts: torch.Tensor | np.ndarray) -> torch.Tensor:
     # No GT boundary: R = 1 (P = 0 or 1 as above).
     rec = torch.where(has_gt, torch.where(has_pred, m_a / n_gt.clamp_min(1), zero), one)
     total = prec + rec
-    fscore = torch.where(total > 0, 2 * prec * rec / total.clamp_min(1e-300), torch.zeros_like(total))
+    fscore = torch.where(total > 0, 2 * prec * rec / total.clamp_min(1e-300), zero)
     out = torch.stack([prec, rec, fscore], -1)
     out[..., BACKGROUND, :] = math.nan
     return out

@@ -1,7 +1,8 @@
 """PNG figures of metric results: mIoU(τ) curves, per-image optimal τ histograms, per-class IoU.
 
-Matplotlib (an Agg canvas, pyplot untouched) is imported inside the functions so that importing `wsss.metrics` stays
-cheap; files are written through `wsss.io.atomic_write`.
+Matplotlib (an Agg canvas; pyplot and the global backend untouched) is imported inside the
+functions, so importing `wsss.metrics` stays cheap; files are written through
+`wsss.io.atomic_write`.
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def plot_threshold_curves(
             )
     if marks:
         items = marks.items() if isinstance(marks, Mapping) else ((None, t) for t in marks)
-        for label, tau in items:
+        styles = ("--", ":", "-.")
+        for i, (label, tau) in enumerate(items):
             name = f"τ = {tau:.2f}" if label is None else f"{label} (τ = {tau:.2f})"
-            ax.axvline(float(tau), linestyle="--", color="0.4", linewidth=1.0, label=name)
+            ax.axvline(float(tau), linestyle=styles[i % 3], color="0.35", linewidth=1.0, label=name)
+    ax.margins(y=0.12)  # room for the annotations above the maxima
     ax.set_xlabel("background threshold τ")
     ax.set_ylabel("mIoU (%)")
     ax.grid(True, alpha=0.3)

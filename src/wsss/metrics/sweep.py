@@ -24,11 +24,11 @@ from wsss.data.labels import IGNORE_INDEX
 from wsss.engine import distributed
 from wsss.metrics.confusion import (
     Absent,
-    json_float,
-    class_name_list,
     as_label_tensor,
     check_labels,
+    class_name_list,
     iou,
+    json_float,
     miou,
 )
 
@@ -70,7 +70,8 @@ def sweep_confusion(
 
     For every τ the result equals exactly `confusion_matrix(mask_τ, gts, num_classes)` with
     `mask_τ = where(max_k cams > τ, keys[argmax_k cams], 0)`, the comparison made in the CAMs'
-    dtype (the τ plane of `argmax([τ plane; cams])` takes the CAMs' dtype, as `np.pad` does in IRN).
+    dtype (the τ plane of `argmax([τ plane; cams])` takes the CAMs' dtype, as with `np.pad` in
+    IRN).
 
     Args:
         cams: float (K, H, W), scores in [0, 1]; K may be 0 (every pixel is background).
@@ -246,7 +247,7 @@ class ThresholdSweep:
         return self.stack[self._index(threshold)]
 
     def per_image_best_thresholds(self) -> dict[str, float | None]:
-        """Image name → threshold maximising its own mIoU (oracle; lowest τ on ties in grid order).
+        """Image name → the threshold maximising its own mIoU (oracle; first in the grid on ties).
 
         Unnamed images are keyed `#<i>` by their position in the update order (rank order after
         `all_reduce`). The value is None for an image without labelled pixels.
