@@ -124,6 +124,8 @@ class Trainer:
         param_groups: optimizer groups with their own `lr` (the schedule scales each).
         dataset: training items (dicts); batches are collated with the default collate.
         batch_size: total batch over all ranks.
+        on_epoch_start: called with the 0-based epoch before each epoch (also after a resume),
+            e.g. for a method's warm-up phase.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class Trainer:
         seed: int = 0,
         meta: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         world = dist.world_size()
         if batch_size % world:
@@ -165,6 +168,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.meta = meta or {}
         self.on_epoch_end = on_epoch_end
+        self.on_epoch_start = on_epoch_start
         self.items = SeededItems(dataset, seed)
         self.sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, batch_size=batch_size)
         self.loader_args = dict(batch_size=batch_size // world, num_workers=num_workers,
@@ -269,6 +273,8 @@ class Trainer:
         self.resume()
         self.model.train()
         while self.epoch < self.epochs:
+            if self.on_epoch_start is not None:
+                self.on_epoch_start(self.epoch)
             sums: dict[str, float] = {}
             count = 0
             bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,

@@ -16,3 +16,4 @@ def build_method(cfg: Any) -> Any:
 
 # Importing the modules registers them.
 from wsss.methods import cam_baseline  # noqa: E402,F401
+from wsss.methods import one_stage  # noqa: E402,F401

@@ -80,6 +80,10 @@ class Method(abc.ABC):
     def stages(self) -> list[Stage]:
         ...
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based, also after a resume); methods with
+        phases (1-Stage's classification warm-up) read the epoch here."""
+
     # Shared helpers ------------------------------------------------------------------------
     def dataset(self, split: str, *, train: bool = False) -> Any:
         transform = train_transform(self.cfg.train) if train else None
@@ -146,7 +150,8 @@ class Method(abc.ABC):
             model = self.build_model(dataset.num_classes)
             return fit_model(ctx, model=model, step_fn=self.training_step,
                              param_groups=self.param_groups(model, t.lr), dataset=dataset,
-                             train_cfg=t, meta=self.checkpoint_meta(dataset))
+                             train_cfg=t, meta=self.checkpoint_meta(dataset),
+                             on_epoch_start=self.on_epoch_start)
 
         keys = TRAIN_KEYS if train_key == "train" else (
             tuple(k for k in TRAIN_KEYS if k != "train") + (train_key,))
@@ -265,7 +270,8 @@ def train_transform(t: Any) -> Any:
 
 def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any],
               param_groups: list[dict[str, Any]], dataset: Any, train_cfg: Any,
-              meta: dict[str, Any]) -> dict[str, Any]:
+              meta: dict[str, Any], on_epoch_start: Callable[[int], None] | None = None
+              ) -> dict[str, Any]:
     """Train `model` with the `Trainer` on `train_cfg`, save `model.pt` and `history.json`.
 
     Returns:
@@ -279,6 +285,7 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         weight_decay=t.weight_decay, poly_power=t.poly_power, grad_clip=t.grad_clip,
         amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
+        on_epoch_start=on_epoch_start,
     )
     result = trainer.fit()
     if dist.is_main():

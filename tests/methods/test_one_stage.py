@@ -1,0 +1,147 @@
+"""1-Stage: stochastic gate statistics, warm-up, parameter groups, one step and one inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.config import load_config
+from wsss.methods import build_method
+from wsss.methods.one_stage import (
+    OneStageNet,
+    StochasticGate,
+    finalize_probs,
+    stochastic_gate,
+)
+from wsss.models.backbones import build_backbone
+
+TINY = ["model.backbone=resnet18", "model.pretrained=none", "model.frozen_bn=false",
+        "method.name=one_stage", "method.test_scales=[1.0,0.5]"]
+
+
+def _method(*overrides: str):
+    return build_method(load_config(None, TINY + list(overrides)))
+
+
+def _batch() -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(2, 3, 32, 32, generator=g),
+            "labels": torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])}
+
+
+def test_gate_sample_mean_converges_to_deep_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    deep, shallow = torch.randn(1, 4, 3, 3, generator=g), torch.randn(1, 4, 3, 3, generator=g)
+    samples = torch.stack([stochastic_gate(deep, shallow, psi=0.3, training=True, generator=g)
+                           for _ in range(20000)])
+    torch.testing.assert_close(samples.mean(0), deep, atol=0.05, rtol=0)
+    # each element is either the shallow value or the rescaled deep residual (per element)
+    residual = (deep - 0.3 * shallow) / 0.7
+    first = samples[0]
+    assert torch.all(torch.isclose(first, shallow) | torch.isclose(first, residual))
+    assert (torch.isclose(samples, shallow).float().mean() - 0.3).abs() < 0.01
+
+
+def test_gate_inference_mix_is_exact() -> None:
+    deep, shallow = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    gate = StochasticGate(0.3).eval()
+    assert torch.equal(gate(deep, shallow), 0.7 * deep + 0.3 * shallow)
+    det = StochasticGate(0.3, deterministic=True).train()
+    assert torch.equal(det(deep, shallow), 0.7 * deep + 0.3 * shallow)
+    assert torch.equal(stochastic_gate(deep, shallow, psi=0.0, training=True), deep)
+    with pytest.raises(ValueError):
+        stochastic_gate(deep, shallow, psi=1.0, training=True)
+
+
+@pytest.mark.parametrize("gate,gci", [("stochastic", True), ("stochastic", False),
+                                      ("deterministic", True), ("none", True)])
+def test_network_outputs(gate: str, gci: bool) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", output_stride=16, pretrained="none", frozen_bn=False)
+    net = OneStageNet(backbone=backbone, num_classes=4, gate=gate, gci=gci).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 48, 40))
+    assert out["logits"].shape == (2, 5, 12, 10) and out["cls"].shape == (2, 4)
+    assert torch.all(out["logits"][:, 0] == 1.0)  # constant background logit
+    torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 12, 10))
+
+
+def test_one_training_step_and_inference_are_finite() -> None:
+    torch.manual_seed(0)
+    method = _method()
+    model = method.build_model(num_classes=4)
+    optimizer = torch.optim.SGD(method.param_groups(model, 0.01), lr=0.01)
+    model.train()
+    terms = method.training_step(model, _batch())
+    assert set(terms) == {"cls", "seg"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    optimizer.step()
+    model.eval()
+    image = np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        cams, keys = method.infer_cams(model, image, np.array([0, 1, 0, 1], dtype=np.float32))
+    assert keys.tolist() == [0, 2, 4] and cams.shape == (3, 20, 28)
+    assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
+
+
+def test_warm_up_is_classification_only() -> None:
+    torch.manual_seed(0)
+    method = _method("method.pretrain_epochs=2")
+    model = method.build_model(num_classes=4).train()
+    method.on_epoch_start(1)
+    assert method.training_step(model, _batch())["seg"].item() == 0.0
+    method.on_epoch_start(2)
+    assert method.training_step(model, _batch())["seg"].item() > 0.0
+
+
+def test_pseudo_gt_keeps_only_labelled_classes() -> None:
+    method = _method()
+    images = torch.randn(2, 3, 32, 32)
+    masks = torch.softmax(torch.randn(2, 5, 8, 8), dim=1)
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0]])
+    for pamr_on in (True, False):
+        method.mcfg.pamr = pamr_on
+        pgt = method.pseudo_gt(images, masks, labels)
+        assert pgt.shape == (2, 5, 32, 32) and pgt.sum(1).max() <= 1
+        assert pgt[0, 2:].sum() == 0 and pgt[1, 1:3].sum() == 0 and pgt[1, 4].sum() == 0
+
+
+def test_param_groups_follow_the_official_multipliers() -> None:
+    method = _method("train.head_lr_mult=10", "method.bias_lr_mult=2")
+    model = method.build_model(num_classes=4)
+    groups = method.param_groups(model, 0.001)
+    lrs = sorted(round(g["lr"], 6) for g in groups)
+    assert lrs == [0.001, 0.002, 0.01, 0.02]
+    assert all(g.get("weight_decay") == 0.0 for g in groups if round(g["lr"], 6) in (0.002, 0.02))
+    counted = sum(len(g["params"]) for g in groups)
+    assert counted == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_finalize_probs_prunes_and_powers_background() -> None:
+    probs = torch.full((4, 2, 2), 0.5)
+    out = finalize_probs(probs, torch.tensor([True, False, True]), bg_power=3)
+    assert torch.allclose(out[0], torch.full((2, 2), 0.125))
+    assert out[2].sum() == 0 and torch.equal(out[1], probs[1])
+
+
+def test_stages() -> None:
+    names = [s.name for s in _method().stages()]
+    assert names == ["data", "train", "make_masks", "eval_masks", "eval_masks_clean",
+                     "eval_crf", "eval_crf_clean", "eval_cam"]
+    assert "eval_crf" not in [s.name for s in _method("method.crf=false").stages()]
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(tmp_path) -> None:
+    from wsss.pipeline.runner import run_pipeline
+
+    cfg = load_config("configs/synthetic/one_stage.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=16",
+        "data.synthetic.num_val=4", "data.synthetic.image_size=48", "train.epochs=2",
+        "train.batch_size=8", "train.crop_size=48", "train.resize_long=[40,56]",
+        "method.pretrain_epochs=1", "method.crf=false", "eval.plots=false",
+        f"pipeline.workdir={tmp_path / 'runs'}",
+    ])
+    run_pipeline(cfg)
