@@ -10,6 +10,7 @@ import contextlib
 import io as _io
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,9 +158,25 @@ def save_cams(path: str | Path, cams: np.ndarray, keys: np.ndarray, **extra: np.
     keys = np.asarray(keys, dtype=np.int64)
     if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
         raise ValueError(f"CAMs for {path}: shape {cams.shape} does not match keys {keys.shape}")
+    arrays = {"cams": cams.astype(np.float16), "keys": keys, **extra}
+    write_bytes(path, npz_bytes(arrays))
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed `.npz` whose bytes depend only on the arrays.
+
+    `np.savez_compressed` stamps each member with the current time; here every member carries
+    a fixed date, so the same arrays always give the same file (byte-identical resumes).
+    """
     buffer = _io.BytesIO()
-    np.savez_compressed(buffer, cams=cams.astype(np.float16), keys=keys, **extra)
-    write_bytes(path, buffer.getvalue())
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            member = _io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
 
 
 def load_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

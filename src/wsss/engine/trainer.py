@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,18 @@ from wsss.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, 
 log = logging.getLogger("wsss")
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+
+
+class TrainLogger(Protocol):
+    """What the loop reports to a logger on rank 0 (`wsss.report.tensorboard.TensorBoardLogger`)."""
+
+    def log_step(self, step: int, values: dict[str, float], lrs: list[float],
+                 batch: dict[str, Any]) -> None:
+        """After every step: 1-based global step, loss terms and `loss`, the learning rate of
+        each parameter group during the step, and the (CPU) batch."""
+
+    def log_epoch(self, epoch: int, step: int, means: dict[str, float]) -> None:
+        """After every epoch: 1-based epoch, global step and the epoch's mean terms and `lr`."""
 
 
 class TrainingError(RuntimeError):
@@ -54,13 +66,21 @@ class EpochSampler(Sampler[int]):
         self.start = start
 
     def indices(self) -> list[int]:
+        """This rank's share of each global batch, batch after batch.
+
+        Global batch k holds the same items whatever the number of ranks, so N ranks with
+        batch B/N each follow the trajectory of one process with batch B.
+        """
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
             order = torch.randperm(self.num_items, generator=gen).tolist()
         else:
             order = list(range(self.num_items))
-        order = order[: self.per_rank * dist.world_size()]
-        return order[dist.rank() :: dist.world_size()]
+        batch = self.per_rank * dist.world_size() // max(self.num_batches, 1)
+        mine: list[int] = []
+        for k in range(self.num_batches):
+            mine.extend(order[k * batch : (k + 1) * batch][dist.rank() :: dist.world_size()])
+        return mine
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices()[self.start :])
@@ -126,6 +146,9 @@ class Trainer:
         batch_size: total batch over all ranks.
         on_epoch_start: called with the 0-based epoch before each epoch (also after a resume),
             e.g. for a method's warm-up phase.
+        max_steps: an iteration budget (DeepLab's 30k): the poly schedule spans it, training
+            stops after it, and `epochs` becomes the number of epochs it needs.
+        logger: a `TrainLogger` called on rank 0 after every step and epoch (None: no calls).
     """
 
     def __init__(
@@ -152,6 +175,8 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
+        max_steps: int | None = None,
+        logger: TrainLogger | None = None,
     ) -> None:
         world = dist.world_size()
         if batch_size % world:
@@ -169,12 +194,15 @@ class Trainer:
         self.meta = meta or {}
         self.on_epoch_end = on_epoch_end
         self.on_epoch_start = on_epoch_start
+        self.logger = logger if dist.is_main() else None
         self.items = SeededItems(dataset, seed)
         self.sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, batch_size=batch_size)
         self.loader_args = dict(batch_size=batch_size // world, num_workers=num_workers,
                                 drop_last=True)
         self.steps_per_epoch = self.sampler.num_batches
-        self.max_steps = max(self.steps_per_epoch * epochs, 1)
+        if max_steps is not None:
+            self.epochs = -(-max_steps // self.steps_per_epoch)  # ceil
+        self.max_steps = max_steps or max(self.steps_per_epoch * self.epochs, 1)
         self.optimizer = build_optimizer(param_groups, name=optimizer, momentum=momentum,
                                          weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -183,8 +211,14 @@ class Trainer:
         self.amp = amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
         if world > 1:
+            if device.type == "cuda":
+                # BatchNorm that trains its statistics sees the whole batch, not a rank's share.
+                # (PyTorch's SyncBatchNorm is CUDA-only: on gloo/CPU statistics stay per rank.)
+                dist.convert_sync_batchnorm(self.model).to(device)
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
@@ -247,9 +281,11 @@ class Trainer:
         """One optimisation step; returns the detached loss terms (and `loss`, their sum)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             terms = self.step_fn(self.net, self._to_device(batch))
+        # Logged values are means over ranks (each rank's batch share is the same size).
+        stacked = torch.stack([v.detach().float() for v in terms.values()])
+        stacked = dist.all_reduce_sum(stacked.clone()) / dist.world_size()
         values = {}
-        for name, value in terms.items():
-            number = float(value.detach())
+        for name, number in zip(terms, stacked.tolist(), strict=True):
             if not math.isfinite(number):
                 raise TrainingError(
                     f"non-finite loss term '{name}' = {number} at epoch {self.epoch + 1}, "
@@ -265,7 +301,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        values["loss"] = float(loss.detach())
+        values["loss"] = sum(values.values())
         return values
 
     def fit(self) -> TrainResult:
@@ -281,6 +317,7 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                        disable=not dist.is_main())
             for batch in bar:
+                lrs = [group["lr"] for group in self.optimizer.param_groups]
                 values = self.train_step(batch)
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -289,14 +326,20 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if self.global_step % max(self.log_every, 1) == 0:
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self.logger is not None:
+                    self.logger.log_step(self.global_step, values, lrs, batch)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0 \
                         and self.step_in_epoch < self.steps_per_epoch:
                     self.save()
+                if self.global_step >= self.max_steps:
+                    break
             means = {k: v / max(count, 1) for k, v in sums.items()}
             means["lr"] = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": self.epoch + 1, **means})
             log.info("epoch %d/%d  %s", self.epoch + 1, self.epochs,
                      "  ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            if self.logger is not None:
+                self.logger.log_epoch(self.epoch + 1, self.global_step, means)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self.epoch, means)
             self.epoch += 1
