@@ -17,3 +17,4 @@ def build_method(cfg: Any) -> Any:
 # Importing the modules registers them.
 from wsss.methods import cam_baseline  # noqa: E402,F401
 from wsss.methods import one_stage  # noqa: E402,F401
+from wsss.methods import amn  # noqa: E402,F401
