@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -109,6 +110,36 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from wsss.io import DataError, save_mask, write_bytes
+    from wsss.pipeline.runner import resolve_device
+    from wsss.predict import list_images, load, output_names, overlay, to_rgb
+
+    predictor = load(args.checkpoint, device=resolve_device(args.device), scales=args.scales,
+                     flip=args.flip, crf=args.crf, max_side=args.max_side)
+    files = list_images(args.input)
+    out = Path(args.out)
+    failed = []
+    for path, name in zip(files, output_names(files)):
+        try:
+            image = to_rgb(path)
+        except DataError as exc:
+            failed.append(str(exc))
+            continue
+        mask = predictor.predict(image)
+        save_mask(out / "masks" / f"{name}.png", mask)
+        buffer = io.BytesIO()
+        Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
+        write_bytes(out / "overlays" / f"{name}.png", buffer.getvalue())
+    print(f"wrote {len(files) - len(failed)} masks to {out / 'masks'} and overlays to "
+          f"{out / 'overlays'}")
+    for message in failed:
+        print(f"wsss: skipped {message}", file=sys.stderr)
+    return 2 if failed else 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from wsss.data.synthetic import generate, save_sample_grid
 
@@ -190,6 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, backbones, datasets, presets and stages")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("predict", help="segment arbitrary images with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.pt of train_segnet (or another predicting checkpoint)")
+    p.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
+                   help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="writes OUT/masks/*.png and OUT/overlays/*.png")
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="dense CRF (default: the checkpoint's test setting)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="test scales (default: the checkpoint's)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score the mirrored image (default: the checkpoint's)")
+    p.add_argument("--max-side", type=int, default=1024,
+                   help="score larger images at this longer side (masks keep the input size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("synth", help="write the synthetic data set (same as `data synth`)")
     _add_synth_args(p)

@@ -4,6 +4,7 @@ A run config has the sections `data`, `model`, `train`, `method`, `eval`, `pipel
 methods that add stages, their own keys inside `method`). Presets are flat YAML files that may
 name at most one `base:` preset. Unknown keys and wrong types fail with the full dotted key and
 the closest valid key. The schema of `method` is the config dataclass of the method it names.
+The `segnet` section configures the final segmentation network that every method can append.
 """
 
 from __future__ import annotations
@@ -100,6 +101,37 @@ class EvalConfig:
 
 
 @dataclass
+class SegnetConfig:
+    """Final segmentation network trained on a method's pseudo-masks (defaults: DeepLab-v2 in
+    the AdvCAM/AMN recipe, amn.md §4; test settings evaluation.md §4-§5)."""
+
+    enabled: bool = False  # off by default so the core demo stays short
+    pseudo_mask_stage: str = ""  # "" = the method's `pseudo_mask_stage`
+    arch: str = "deeplabv2"  # deeplabv2 | deeplabv1 | deeplabv3plus
+    backbone: str = "resnet101"
+    output_stride: int = 8
+    pretrained: str = "none"  # none | imagenet | path to a state dict
+    frozen_bn: bool = True  # backbone BatchNorm statistics fixed (batch 10 is too small)
+    iterations: int = 30000
+    batch_size: int = 10
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    crop_size: int = 321
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    balanced_ce: bool = False  # AMN: mean of the background and foreground pixel losses
+    amp: bool = False
+    checkpoint_every: int = 1000  # steps between resumable checkpoints
+    test_scales: list[float] = field(default_factory=lambda: [1.0])
+    test_flip: bool = False
+    crf: bool = True  # report masks with and without the dense CRF
+    crf_preset: str = "deeplabv2"  # a name in `wsss.predict.crf_presets()`
+
+
+@dataclass
 class PipelineConfig:
     """Run-level settings."""
 
@@ -121,6 +153,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: Any = None
     eval: EvalConfig = field(default_factory=EvalConfig)
+    segnet: SegnetConfig = field(default_factory=SegnetConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 

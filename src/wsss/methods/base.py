@@ -9,6 +9,7 @@ every method, which adds or replaces stages of its own.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -52,6 +53,23 @@ class Method(abc.ABC):
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.mcfg = cfg.method
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every method's `stages()` ends with the segnet stages when `segnet.enabled`, without
+        each method having to list them (a stage already listed is not added twice)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("stages")
+        if own is None or getattr(own, "_with_segnet", False):
+            return
+
+        @functools.wraps(own)
+        def stages(self: Method) -> list[Stage]:
+            listed = own(self)
+            names = {s.name for s in listed}
+            return listed + [s for s in self.segnet_stages() if s.name not in names]
+
+        stages._with_segnet = True  # type: ignore[attr-defined]
+        cls.stages = stages  # type: ignore[method-assign]
 
     @classmethod
     def config_class(cls) -> type:
@@ -109,8 +127,8 @@ class Method(abc.ABC):
 
     # Shared stages -------------------------------------------------------------------------
     def segnet_stages(self) -> list[Stage]:
-        """train_segnet → predict_val → eval_val when `segnet.enabled`, else none; every
-        method's `stages()` ends with these."""
+        """train_segnet → predict_val → eval_val when `segnet.enabled`, else none (appended to
+        every method's `stages()`, see `__init_subclass__`)."""
         if not self.cfg.segnet.enabled:
             return []
         from wsss.methods.segnet import segnet_stages

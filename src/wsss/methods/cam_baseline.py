@@ -75,6 +75,7 @@ class CamBaseline(Method):
     config_cls = CamBaselineConfig
     train_keys = ("method.name", "method.detach_stages")
     cam_keys = ("method.cam_scales", "method.cam_flip")
+    pseudo_mask_stage = "make_seeds"
 
     def build_model(self, num_classes: int) -> nn.Module:
         m = self.cfg.model

@@ -1,0 +1,392 @@
+"""Inference on arbitrary images: multi-scale + flip scores, optional dense CRF, a `Predictor`.
+
+A checkpoint (`{"model": state_dict, "meta": {...}}`) carries what inference needs: class names,
+normalisation, the network description and the test settings. `load(path)` rebuilds the network
+through the builder registered for the checkpoint's kind (`meta["kind"]`, falling back to
+`meta["method"]`) in `CHECKPOINT_KINDS`: "segnet" (the final DeepLab, `wsss.methods.segnet`) is
+registered here; a method whose own network segments (1-Stage) registers its kind in its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import nn
+
+from wsss.data.labels import color_palette
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, pil_rescale
+from wsss.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from wsss.io import IMAGE_EXTENSIONS, DataError, load_image
+from wsss.ops.crf import CRF_PRESETS, dense_crf
+from wsss.registry import Registry
+
+__all__ = ["CHECKPOINT_KINDS", "Predictor", "ScoreModel", "crf_presets", "load",
+           "multiscale_probs", "overlay", "to_rgb"]
+
+# Test-time CRF of `kazuto1011/deeplab-pytorch: configs/voc12.yaml` (the DeepLab-v2 code AdvCAM
+# and AMN use): POS_XY_STD 1, POS_W 3, BI_XY_STD 67, BI_RGB_STD 3, BI_W 4, 10 iterations.
+_SEGNET_CRF_PRESETS: dict[str, dict[str, int | float]] = {
+    "deeplabv2": {"num_iter": 10, "gaussian_sxy": 1, "gaussian_compat": 3, "bilateral_sxy": 67,
+                  "bilateral_srgb": 3, "bilateral_compat": 4},
+}
+
+
+def crf_presets() -> dict[str, dict[str, int | float]]:
+    """Named dense-CRF settings: `wsss.ops.crf.CRF_PRESETS` plus the DeepLab-v2 test preset."""
+    return {**CRF_PRESETS, **_SEGNET_CRF_PRESETS}
+
+
+def crf_params(name: str) -> dict[str, int | float]:
+    presets = crf_presets()
+    if name not in presets:
+        raise ValueError(f"unknown CRF preset {name!r}; valid: {', '.join(sorted(presets))}")
+    return dict(presets[name])
+
+
+# --------------------------------------------------------------------------------------------
+# Pure inference
+# --------------------------------------------------------------------------------------------
+
+
+def multiscale_probs(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    merge: str = "logits",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Class probabilities of one image, averaged over scales and horizontal flips.
+
+    Each scale resizes the image with PIL bicubic to `round(H·s), round(W·s)`; the scores of
+    every view are resized back to (H, W) (bilinear, align_corners False) and un-flipped.
+    `merge="logits"` averages logits and applies one softmax (DeepLab/ICAM test), `"probs"`
+    averages per-view softmax outputs (1-Stage test). The model's mode is left as the caller
+    set it (use eval mode for inference).
+
+    Args:
+        score_fn: images (B, 3, h, w) normalised → scores (B, K, h', w'), any h', w'.
+        image: uint8 RGB (H, W, 3).
+
+    Returns:
+        probs float32 (K, H, W) on `device`, summing to 1 over K.
+    """
+    if merge not in ("logits", "probs"):
+        raise ValueError(f"merge must be 'logits' or 'probs', got {merge!r}")
+    height, width = image.shape[:2]
+    total: torch.Tensor | None = None
+    views = 0
+    for scale in scales:
+        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
+        x = normalize_image(scaled, mean, std).unsqueeze(0).to(device)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        scores = score_fn(x).float()
+        scores = F.interpolate(scores, size=(height, width), mode="bilinear",
+                               align_corners=False)
+        if flip:
+            scores = torch.stack([scores[0], scores[1].flip(-1)])
+        if merge == "probs":
+            scores = scores.softmax(dim=1)
+        part = scores.sum(0)
+        total = part if total is None else total + part
+        views += scores.shape[0]
+    if total is None:
+        raise ValueError("scales must name at least one scale")
+    merged = total / views
+    return merged.softmax(dim=0) if merge == "logits" else merged
+
+
+def to_rgb(image: Any) -> np.ndarray:
+    """Any supported image input → uint8 RGB (H, W, 3).
+
+    Args:
+        image: a path (EXIF orientation applied), a PIL image (EXIF applied; grayscale,
+            palette, RGBA and 16-bit modes converted) or an array: uint8 (H, W) grayscale,
+            (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped).
+
+    Raises:
+        DataError: unreadable file; ValueError: an array of another shape or dtype.
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        pil = ImageOps.exif_transpose(image)
+        if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(pil, dtype=np.float64)
+            peak = array.max() or 1.0
+            pil = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+        return np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[:, :, :3])
+    raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend class colours (VOC palette) over an RGB image; background and 255 stay untouched.
+
+    Args:
+        image: uint8 (H, W, 3). mask: (H, W) class indices.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    colours = color_palette()[mask].astype(np.float32)
+    out = image.astype(np.float32)
+    painted = (mask > 0) & (mask != 255)
+    out[painted] = (1 - alpha) * out[painted] + alpha * colours[painted]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint kinds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreModel:
+    """A network rebuilt from checkpoint meta and how to read per-class scores from it.
+
+    Attributes:
+        model: the network, weights not yet loaded (the `Predictor` loads the state dict).
+        scores: (model, images (B, 3, h, w)) → scores (B, C + 1, h', w'), background first.
+        merge: "logits" (scores are logits; averaged, then softmax) or "probs" (softmax per
+            view, then averaged).
+        finalize: optional probs (C + 1, H, W) → scores after merging (e.g. 1-Stage's bg³).
+    """
+
+    model: nn.Module
+    scores: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    merge: str = "logits"
+    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+# kind name → builder (meta dict → ScoreModel); add one with `@CHECKPOINT_KINDS.register(kind)`.
+CHECKPOINT_KINDS = Registry("checkpoint kind")
+
+
+@CHECKPOINT_KINDS.register("segnet")
+def _segnet_kind(meta: dict[str, Any]) -> ScoreModel:
+    from wsss.models.segnet import build_segnet
+
+    net = meta["segnet"]
+    model = build_segnet(arch=net["arch"], backbone=net["backbone"],
+                         num_classes=int(meta["num_classes"]),
+                         output_stride=int(net["output_stride"]), pretrained="none",
+                         frozen_bn=bool(net.get("frozen_bn", False)))
+    return ScoreModel(model=model, scores=lambda m, images: m(images), merge="logits")
+
+
+def checkpoint_kind(meta: dict[str, Any]) -> Callable[[dict[str, Any]], ScoreModel]:
+    """The builder for a checkpoint's `meta["kind"]` (else `meta["method"]`).
+
+    Methods register their kinds on import, so `wsss.methods` is imported before giving up.
+    """
+    kind = meta.get("kind") or meta.get("method")
+    if kind is None:
+        raise CheckpointError("checkpoint meta names neither a 'kind' nor a 'method'")
+    if kind not in CHECKPOINT_KINDS:
+        import wsss.methods  # noqa: F401  (methods register their checkpoint kinds)
+    if kind not in CHECKPOINT_KINDS:
+        raise CheckpointError(
+            f"checkpoint kind {kind!r} cannot predict masks; predictable kinds: "
+            f"{', '.join(CHECKPOINT_KINDS.names())} (a CAM classifier checkpoint needs its "
+            f"pipeline's later stages; train the segmentation network with segnet.enabled=true)"
+        )
+    return CHECKPOINT_KINDS.get(kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Masks for arbitrary images from a trained network, without the training config.
+
+    The predictor owns its model and keeps it in eval mode. Use `load(path)` to build one from
+    a checkpoint.
+
+    Args:
+        score_model: the network and how to score with it (`ScoreModel`).
+        class_names: background first.
+        mean, std: normalisation the network was trained with.
+        scales, flip: test-time views.
+        crf: whether `predict` applies the dense CRF by default; `crf_params`: its settings.
+        max_side: images whose longer side exceeds this are scored at a reduced size (the
+            probabilities are resized back, the mask has the input's size); None: no limit.
+        device: where the network runs.
+    """
+
+    def __init__(
+        self,
+        score_model: ScoreModel,
+        *,
+        class_names: Sequence[str],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        crf: bool = False,
+        crf_params: dict[str, Any] | None = None,
+        max_side: int | None = 1024,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.score_model = score_model
+        self.device = torch.device(device)
+        self.model = score_model.model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.scales = [float(s) for s in scales]
+        self.flip = flip
+        self.crf = crf
+        self.crf_params = dict(crf_params or crf_params_default())
+        self.max_side = max_side
+        self.meta: dict[str, Any] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: torch.device | str = "cpu",
+                        **overrides: Any) -> Predictor:
+        """Rebuild the network named by the checkpoint's meta and load its weights.
+
+        Args:
+            overrides: `scales`, `flip`, `crf`, `crf_params`, `max_side` replacing the test
+                settings stored in the checkpoint.
+
+        Raises:
+            CheckpointError: missing, corrupt or non-predicting checkpoint.
+        """
+        state = load_checkpoint(path, map_location="cpu")
+        meta = state.get("meta") or {}
+        if "class_names" not in meta:
+            raise CheckpointError(f"{path}: checkpoint meta has no class names")
+        score_model = checkpoint_kind(meta)(meta)
+        load_model_state(score_model.model, state["model"], str(path))
+        test = dict(meta.get("test") or {})
+        settings = {
+            "scales": test.get("scales", [1.0]), "flip": test.get("flip", False),
+            "crf": test.get("crf", False),
+            "crf_params": test.get("crf_params") or crf_params_default(),
+        }
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        predictor = cls(score_model, class_names=meta["class_names"],
+                        mean=meta.get("mean", IMAGENET_MEAN), std=meta.get("std", IMAGENET_STD),
+                        device=device, **settings)
+        predictor.meta = meta
+        return predictor
+
+    def predict_probs(self, image: Any) -> np.ndarray:
+        """Merged class probabilities (before any CRF).
+
+        Args:
+            image: path, PIL image or uint8 array (see `to_rgb`).
+
+        Returns:
+            float32 (C + 1, H, W), background first, at the input's size (after EXIF rotation).
+        """
+        return self._probs(to_rgb(image))[1]
+
+    def predict(self, image: Any, *, crf: bool | None = None) -> np.ndarray:
+        """The mask of one image.
+
+        Args:
+            image: path, PIL image or uint8 array (see `to_rgb`).
+            crf: apply the dense CRF (None: the predictor's setting).
+
+        Returns:
+            uint8 (H, W) class indices, 0 = background.
+        """
+        rgb, probs = self._probs(to_rgb(image))
+        return self.mask_from_probs(rgb, probs, crf=self.crf if crf is None else crf)
+
+    def mask_from_probs(self, rgb: np.ndarray, probs: np.ndarray, *, crf: bool) -> np.ndarray:
+        """Argmax of `probs` (C + 1, H, W), after the dense CRF when `crf`."""
+        if crf:
+            probs = dense_crf(rgb, probs, **self.crf_params)
+        return np.argmax(probs, axis=0).astype(np.uint8)
+
+    def _probs(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = rgb.shape[:2]
+        work = rgb
+        if self.max_side is not None and max(height, width) > self.max_side:
+            work = pil_rescale(rgb, self.max_side / max(height, width), order=3)
+        sm = self.score_model
+        with torch.inference_mode():
+            probs = multiscale_probs(lambda x: sm.scores(self.model, x), work,
+                                     scales=self.scales, flip=self.flip, merge=sm.merge,
+                                     mean=self.mean, std=self.std, device=self.device)
+            if sm.finalize is not None:
+                probs = sm.finalize(probs)
+            if work is not rgb:
+                probs = F.interpolate(probs[None], size=(height, width), mode="bilinear",
+                                      align_corners=False)[0]
+        return rgb, probs.cpu().numpy().astype(np.float32)
+
+
+def crf_params_default() -> dict[str, int | float]:
+    return crf_params("deeplabv2")
+
+
+def load(checkpoint: str | Path, *, device: torch.device | str = "cpu",
+         **overrides: Any) -> Predictor:
+    """A `Predictor` for a trained checkpoint (the `model.pt` of `train_segnet`, or of any
+    method whose checkpoint kind is registered in `CHECKPOINT_KINDS`).
+
+    Example:
+        >>> import wsss
+        >>> mask = wsss.load("runs/demo/train_segnet/model.pt").predict("photo.jpg")
+    """
+    return Predictor.from_checkpoint(checkpoint, device=device, **overrides)
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named by `inputs`: files as given, folders expanded (sorted, non-recursive,
+    known image extensions only).
+
+    Raises:
+        DataError: an input that does not exist, or no images at all.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"input not found: {path}")
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                        f"{', '.join(map(str, inputs))}")
+    return files
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Distinct output stems for `files`: the file stem; `<stem>_<ext>` where stems collide,
+    then a counter where those still collide (same name in two folders)."""
+    stems = [f.stem for f in files]
+    names: list[str] = []
+    for f in files:
+        name = f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+        base, count = name, 1
+        while name in names:
+            name = f"{base}_{count}"
+            count += 1
+        names.append(name)
+    return names
