@@ -42,9 +42,9 @@ def smoothed_targets(seeds: Tensor, num_outputs: int, epsilon: float = 0.4) -> T
     if num_outputs < 2:
         raise ValueError(f"num_outputs must be >= 2, got {num_outputs}")
     labels = seeds.long().masked_fill(seeds == IGNORE_INDEX, BACKGROUND)
-    one_hot = F.one_hot(labels, num_outputs).permute(0, 3, 1, 2).float()
-    off = epsilon / (num_outputs - 1)
-    return one_hot * (1.0 - epsilon - off) + off
+    one_hot = F.one_hot(labels, num_outputs).permute(0, 3, 1, 2).bool()
+    off = torch.tensor(epsilon / (num_outputs - 1), device=seeds.device)
+    return torch.where(one_hot, torch.tensor(1.0 - epsilon, device=seeds.device), off)
 
 
 def pcl_loss(logits: Tensor, seeds: Tensor, epsilon: float = 0.4) -> Tensor:

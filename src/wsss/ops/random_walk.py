@@ -98,7 +98,8 @@ def transition_matrix(boundary: Tensor, *, radius: int = 5, beta: float = 10.0) 
         sparse COO (N, N), N = h·w, coalesced; every column sums to one.
     """
     rows, cols, values, n = _transition_entries(boundary, radius, beta)
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n),
+                                   check_invariants=False).coalesce()
 
 
 def random_walk(

@@ -1,0 +1,91 @@
+"""Path indices, boundary affinities and pair labels (IRN `misc/indexing.py`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wsss.ops.affinity import (
+    PathIndex,
+    affinity_from_boundary,
+    affinity_labels,
+    downsample_labels,
+    pair_displacement,
+    search_directions,
+)
+
+
+def test_search_directions_half_disc() -> None:
+    dirs = search_directions(5)
+    assert len(dirs) == 34  # IRN inference radius
+    lengths = [len(p) for _, p in dirs]
+    assert lengths == sorted(lengths)
+    seen = set()
+    for (dy, dx), path in dirs:
+        assert tuple(path[0]) == (dy, dx) and [0, 0] in path.tolist()
+        assert dy > 0 or (dy == 0 and dx > 0)
+        assert (-dy, -dx) not in seen
+        seen.add((dy, dx))
+
+
+def test_path_index_destinations_are_offsets() -> None:
+    h, w = 7, 10
+    index = PathIndex.build(3, (h, w))
+    src = index.src_indices
+    assert src.numel() == (h - 2) * (w - 4)
+    for d, (dy, dx) in enumerate(index.directions.tolist()):
+        torch.testing.assert_close(index.dst_indices[d], src + dy * w + dx)
+    assert sum(p.shape[0] for p in index.path_indices) == index.num_directions
+
+
+def test_affinity_from_boundary_is_one_minus_path_max() -> None:
+    boundary = torch.zeros(1, 1, 6, 8)
+    boundary[..., :, 4] = 0.8  # a vertical wall at column 4
+    index = PathIndex.build(3, (6, 8))
+    aff = affinity_from_boundary(boundary, index)[0]
+    cols_src = index.src_indices % 8
+    for d, (dy, dx) in enumerate(index.directions.tolist()):
+        cols_dst = cols_src + dx
+        crosses = (torch.minimum(cols_src, cols_dst) <= 4) & (torch.maximum(cols_src, cols_dst) >= 4)
+        expected = torch.where(crosses, torch.tensor(0.2), torch.tensor(1.0))
+        torch.testing.assert_close(aff[d], expected)
+
+
+def test_affinity_labels_on_a_tiny_seed() -> None:
+    seeds = torch.tensor([[0, 0, 1, 1],
+                          [0, 255, 1, 2],
+                          [0, 0, 2, 2]])
+    index = PathIndex.build(2, (3, 4))  # directions (0, 1), (1, -1), (1, 0), (1, 1)
+    bg_pos, fg_pos, neg = affinity_labels(seeds, index)
+    flat = seeds.reshape(-1)
+    for d in range(index.num_directions):
+        for s, i in enumerate(index.src_indices.tolist()):
+            j = int(index.dst_indices[d, s])
+            a, b = int(flat[i]), int(flat[j])
+            valid = a != 255 and b != 255
+            assert bg_pos[d, s] == float(valid and a == b == 0)
+            assert fg_pos[d, s] == float(valid and a == b and a > 0)
+            assert neg[d, s] == float(valid and a != b)
+    # Every pair is exactly one of the three, or touches an unsure pixel.
+    assert torch.all(bg_pos + fg_pos + neg <= 1)
+    batched = affinity_labels(seeds[None].repeat(2, 1, 1), index)
+    torch.testing.assert_close(batched[0][1], bg_pos)
+
+
+def test_pair_displacement_difference() -> None:
+    index = PathIndex.build(2, (3, 4))
+    disp = torch.randn(1, 2, 3, 4)
+    pairs = pair_displacement(disp, index)
+    flat = disp.reshape(1, 2, -1)
+    d, s = 2, 1
+    i, j = index.src_indices[s], index.dst_indices[d, s]
+    torch.testing.assert_close(pairs[0, :, d, s], flat[0, :, i] - flat[0, :, j])
+
+
+def test_downsample_labels_matches_pil_nearest() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (37, 52)).astype(np.uint8)
+    ours = downsample_labels(torch.from_numpy(labels), (10, 13)).numpy()
+    pil = np.asarray(Image.fromarray(labels).resize((13, 10), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(ours, pil)
