@@ -3,14 +3,16 @@
 A checkpoint (`{"model": state_dict, "meta": {...}}`) carries what inference needs: class names,
 normalisation, the network description and the test settings. `load(path)` rebuilds the network
 through the builder registered for the checkpoint's kind (`meta["kind"]`, falling back to
-`meta["method"]`) in `CHECKPOINT_KINDS`: "segnet" (the final DeepLab, `wsss.methods.segnet`) is
-registered here; a method whose own network segments (1-Stage) registers its kind in its module.
+`meta["method"]`) in `CHECKPOINT_KINDS`: "segnet" (the final DeepLab, `wsss.methods.segnet`) and
+"one_stage" (1-Stage's own network, rebuilt through `METHODS` from the meta its train stage
+writes) are registered here; another method whose network segments registers its kind the same
+way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,22 +160,30 @@ def overlay(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> np.nd
 # --------------------------------------------------------------------------------------------
 
 
+ViewsFn = Callable[[nn.Module, np.ndarray, list[float], bool, torch.device], torch.Tensor]
+
+
 @dataclass
 class ScoreModel:
     """A network rebuilt from checkpoint meta and how to read per-class scores from it.
 
     Attributes:
         model: the network, weights not yet loaded (the `Predictor` loads the state dict).
-        scores: (model, images (B, 3, h, w)) → scores (B, C + 1, h', w'), background first.
+        scores: (model, images (B, 3, h, w)) → scores (B, C + 1, h', w'), background first;
+            merged over views by `multiscale_probs`.
         merge: "logits" (scores are logits; averaged, then softmax) or "probs" (softmax per
             view, then averaged).
-        finalize: optional probs (C + 1, H, W) → scores after merging (e.g. 1-Stage's bg³).
+        views: instead of `scores`, the whole test of one image: (model, image uint8 (H, W, 3),
+            scales, flip, device) → scores (C + 1, H, W) whose argmax is the mask (a method's
+            own view merging, e.g. 1-Stage's class cut and background power).
+        test: default test settings (`scales`, `flip`, `crf`, `crf_params`) of this checkpoint.
     """
 
     model: nn.Module
-    scores: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    scores: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     merge: str = "logits"
-    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+    views: ViewsFn | None = None
+    test: dict[str, Any] = field(default_factory=dict)
 
 
 # kind name → builder (meta dict → ScoreModel); add one with `@CHECKPOINT_KINDS.register(kind)`.
@@ -189,7 +199,52 @@ def _segnet_kind(meta: dict[str, Any]) -> ScoreModel:
                          num_classes=int(meta["num_classes"]),
                          output_stride=int(net["output_stride"]), pretrained="none",
                          frozen_bn=bool(net.get("frozen_bn", False)))
-    return ScoreModel(model=model, scores=lambda m, images: m(images), merge="logits")
+    return ScoreModel(model=model, scores=lambda m, images: m(images), merge="logits",
+                      test=dict(meta.get("test") or {}))
+
+
+def method_model(meta: dict[str, Any]) -> tuple[Any, nn.Module]:
+    """The `Method` named by `meta["method"]` and its freshly built network, from the meta a
+    method's train stage writes (`Method.checkpoint_meta`: `model` and `method_config`).
+
+    Raises:
+        CheckpointError: unknown method, or a stored config its config class does not accept.
+    """
+    from wsss.config import ModelConfig, RunConfig
+    from wsss.methods import METHODS
+
+    name = meta.get("method")
+    if name not in METHODS:
+        raise CheckpointError(f"checkpoint method {name!r} is not registered; valid: "
+                              f"{', '.join(METHODS.names())}")
+    method_cls = METHODS.get(name)
+    try:
+        method_config = method_cls.config_class()(**meta["method_config"])
+        model_config = ModelConfig(**{**meta["model"], "pretrained": "none"})
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint meta does not describe a {name} network ({exc})"
+                              ) from exc
+    method = method_cls(RunConfig(model=model_config, method=method_config))
+    return method, method.build_model(int(meta["num_classes"]))
+
+
+@CHECKPOINT_KINDS.register("one_stage")
+def _one_stage_kind(meta: dict[str, Any]) -> ScoreModel:
+    """1-Stage's test (`wsss.methods.one_stage`): mean of the views' softmax, classes kept where
+    the max over views of sigmoid(class score) > fp_cut, background ** bg_power, CRF "psa"."""
+    from wsss.methods.one_stage import finalize_probs, merge_views
+
+    method, model = method_model(meta)
+    c = method.mcfg
+
+    def views(net: nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+              device: torch.device) -> torch.Tensor:
+        merged, scores = merge_views(net, image, scales=scales, flip=flip, device=device)
+        return finalize_probs(merged, scores > c.fp_cut, bg_power=c.bg_power)
+
+    return ScoreModel(model=model, views=views,
+                      test={"scales": list(c.test_scales), "flip": c.test_flip, "crf": c.crf,
+                            "crf_params": crf_params("psa")})
 
 
 def checkpoint_kind(meta: dict[str, Any]) -> Callable[[dict[str, Any]], ScoreModel]:
@@ -277,7 +332,7 @@ class Predictor:
             raise CheckpointError(f"{path}: checkpoint meta has no class names")
         score_model = checkpoint_kind(meta)(meta)
         load_model_state(score_model.model, state["model"], str(path))
-        test = dict(meta.get("test") or {})
+        test = score_model.test
         settings = {
             "scales": test.get("scales", [1.0]), "flip": test.get("flip", False),
             "crf": test.get("crf", False),
@@ -291,7 +346,8 @@ class Predictor:
         return predictor
 
     def predict_probs(self, image: Any) -> np.ndarray:
-        """Merged class probabilities (before any CRF).
+        """Merged class scores before any CRF (probabilities for the segnet; 1-Stage's kind
+        gives its background-powered scores).
 
         Args:
             image: path, PIL image or uint8 array (see `to_rgb`).
@@ -327,11 +383,14 @@ class Predictor:
             work = pil_rescale(rgb, self.max_side / max(height, width), order=3)
         sm = self.score_model
         with torch.inference_mode():
-            probs = multiscale_probs(lambda x: sm.scores(self.model, x), work,
-                                     scales=self.scales, flip=self.flip, merge=sm.merge,
-                                     mean=self.mean, std=self.std, device=self.device)
-            if sm.finalize is not None:
-                probs = sm.finalize(probs)
+            if sm.views is not None:
+                probs = sm.views(self.model, work, self.scales, self.flip, self.device).float()
+            elif sm.scores is not None:
+                probs = multiscale_probs(lambda x: sm.scores(self.model, x), work,
+                                         scales=self.scales, flip=self.flip, merge=sm.merge,
+                                         mean=self.mean, std=self.std, device=self.device)
+            else:
+                raise ValueError("a ScoreModel needs `scores` or `views`")
             if work is not rgb:
                 probs = F.interpolate(probs[None], size=(height, width), mode="bilinear",
                                       align_corners=False)[0]

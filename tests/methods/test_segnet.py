@@ -220,6 +220,32 @@ def test_checkpoint_kinds_are_the_extension_point(tmp_path: Path) -> None:
         wsss.load(path)
 
 
+def test_one_stage_checkpoint_predicts(tmp_path: Path) -> None:
+    """1-Stage's own network (its `train` stage's model.pt) is a valid checkpoint for predict."""
+    from types import SimpleNamespace
+
+    from wsss.methods.one_stage import finalize_probs, merge_views
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["method.name=one_stage", f"model.backbone={register_tiny()}",
+                             "model.pretrained=none", "model.frozen_bn=false",
+                             "method.test_scales=[1.0,0.5]", "method.crf=false"])
+    method = build_method(cfg)
+    model = method.build_model(3).eval()
+    meta = method.checkpoint_meta(SimpleNamespace(class_names=CLASSES, num_classes=3))
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+
+    image = _image(37, 29)
+    with torch.inference_mode():
+        merged, scores = merge_views(model, image, scales=[1.0, 0.5], flip=True,
+                                     device=torch.device("cpu"))
+        expected = finalize_probs(merged, scores > cfg.method.fp_cut, bg_power=3.0).argmax(0)
+    predictor = wsss.load(path)
+    assert predictor.scales == [1.0, 0.5] and predictor.flip and not predictor.crf
+    np.testing.assert_array_equal(predictor.predict(image), expected.numpy().astype(np.uint8))
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_ends_with_the_segnet_stages(name: str) -> None:
     off = build_method(load_config(None, [f"method.name={name}"]))
@@ -229,9 +255,12 @@ def test_every_method_ends_with_the_segnet_stages(name: str) -> None:
         with pytest.raises(ValueError, match="pseudo_mask_stage"):
             method.stages()
         return
+    chosen = build_method(load_config(None, [f"method.name={name}", "segnet.enabled=true",
+                                             "segnet.pseudo_mask_stage=data/anything"]))
+    assert chosen.stages()[-3].needs == ("data",)
     names = [s.name for s in method.stages()]
     assert names[-3:] == ["train_segnet", "predict_val", "eval_val"]
-    assert method.pseudo_mask_stage in names[:-3]
+    assert method.pseudo_mask_stage.partition("/")[0] in names[:-3]
     assert len(names) == len(set(names))
 
 

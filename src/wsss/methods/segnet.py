@@ -131,13 +131,16 @@ def segnet_checkpoint_meta(cfg: RunConfig, method_name: str, source_stage: str,
     }
 
 
-def source_stage(method: Any) -> str:
-    """The stage whose `masks/` the network trains on (config first, then the method's)."""
+def pseudo_mask_source(method: Any) -> tuple[str, str]:
+    """(stage, folder) of the pseudo-masks the network trains on: `segnet.pseudo_mask_stage`,
+    else the method's `pseudo_mask_stage`; "stage" reads `<stage>/masks`, "stage/folder" reads
+    `<stage>/<folder>` (e.g. 1-Stage's "make_masks/masks_clean")."""
     name = method.cfg.segnet.pseudo_mask_stage or getattr(method, "pseudo_mask_stage", "")
     if not name:
         raise ValueError(f"segnet.enabled: method {method.name} names no pseudo-mask stage; set "
                          f"segnet.pseudo_mask_stage or the class attribute `pseudo_mask_stage`")
-    return name
+    stage, _, folder = name.partition("/")
+    return stage, folder or "masks"
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,14 +154,14 @@ def segnet_stages(method: Any) -> list[Stage]:
 
 
 def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
-    source = source_stage(method)
+    source, folder = pseudo_mask_source(method)
 
     def run(ctx: StageContext) -> dict[str, Any]:
         s = ctx.cfg.segnet
-        mask_dir = (ctx.stage_dir(source) / "masks").resolve()
+        mask_dir = (ctx.stage_dir(source) / folder).resolve()
         if not mask_dir.is_dir():
-            raise DataError(f"pseudo-masks not found: {mask_dir} (segnet.pseudo_mask_stage="
-                            f"{source!r} must be a stage writing masks/)")
+            raise DataError(f"pseudo-masks not found: {mask_dir} (segnet.pseudo_mask_stage "
+                            f"must name a stage, or stage/folder, that writes masks)")
         data = dataclasses.replace(ctx.cfg.data, mask_dir=str(mask_dir), labels_from="masks",
                                    labels_file=None)
         transform = build_train_transform(
@@ -169,7 +172,8 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
         model = build_segnet_from_config(s, dataset.num_classes)
         backbone, head = model.param_groups()
         groups = [{"params": backbone, "lr": s.lr}, {"params": head, "lr": s.lr * s.head_lr_mult}]
-        meta = segnet_checkpoint_meta(ctx.cfg, method.name, source, dataset.class_names)
+        meta = segnet_checkpoint_meta(ctx.cfg, method.name, f"{source}/{folder}",
+                                      dataset.class_names)
         trainer = Trainer(
             model=model, step_fn=functools.partial(segnet_training_step, balanced=s.balanced_ce),
             param_groups=groups, dataset=dataset, out_dir=ctx.out_dir, device=ctx.device,
@@ -184,11 +188,12 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
             write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
         dist.barrier()
         last = result.history[-1] if result.history else {}
-        return {"pseudo_masks": source, "images": len(dataset), "steps": result.steps,
+        return {"pseudo_masks": f"{source}/{folder}", "images": len(dataset),
+                "steps": result.steps,
                 "final_loss": last.get("loss")}
 
     return Stage(name, run, needs=(source,), depends_on=TRAIN_KEYS,
-                 description=f"train {method.cfg.segnet.arch} on {source} pseudo-masks")
+                 description=f"train {method.cfg.segnet.arch} on {source}/{folder} pseudo-masks")
 
 
 def predict_val_stage(name: str = "predict_val", train_stage: str = "train_segnet") -> Stage:
