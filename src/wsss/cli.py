@@ -53,6 +53,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(format_resources(result.outcomes))
         print(f"\nrun directory: {result.run_dir}")
+        if cfg.pipeline.report:
+            from wsss.report import write_report
+
+            print(f"report: {write_report(result.run_dir)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from wsss.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, max_images=args.max_images)}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from wsss.report import compare_runs
+
+    out = args.out or Path(args.runs[0]).parent / "compare"
+    comparison = compare_runs(args.runs, out)
+    for note in comparison.notes:
+        print(f"note: {note}")
+    print(comparison.table())
+    print(f"\nwrote {comparison.html_path}")
     return 0
 
 
@@ -218,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="mIoU over background thresholds for a folder of CAMs")
     _add_eval_args(p, cams_default=True)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report/index.html (tables, plots, gallery)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/demo")
+    p.add_argument("--max-images", type=int, default=24, help="gallery rows per split")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="one table and one set of curves over several runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories on the same data")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: compare/ beside the first run)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("list", help="list methods, backbones, datasets, presets and stages")
     p.set_defaults(func=_cmd_list)

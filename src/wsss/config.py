@@ -142,6 +142,13 @@ class PipelineConfig:
     deterministic: bool = False
     workers: int = 1  # process pool for CPU-bound per-image work (dense CRF)
     stages: list[str] | None = None  # None: all stages of the method
+    # Logging and reports live here, outside every stage fingerprint, so switching them never
+    # reruns a stage.
+    tensorboard: bool = True  # event files under <run>/tensorboard/<stage> (rank 0)
+    tensorboard_every: int = 10  # training steps between loss and lr points (0: epoch means only)
+    tensorboard_image_every: int = 100  # training steps between input-image grids (0: none)
+    tensorboard_images: int = 8  # images per eval stage: input, CAM / mask, ground truth
+    report: bool = True  # `wsss run` writes <run>/report/index.html at the end
 
 
 @dataclass

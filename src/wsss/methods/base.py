@@ -30,6 +30,7 @@ from wsss.evaluation import evaluate_cams, evaluate_masks, write_result
 from wsss.io import DataError, load_cams, load_image, save_cams, save_mask, write_text
 from wsss.ops.cam import cams_to_mask, seeds_from_cams
 from wsss.pipeline.stages import Stage, StageContext, per_image
+from wsss.report.tensorboard import log_eval, train_logger
 
 log = logging.getLogger("wsss")
 
@@ -216,6 +217,7 @@ class Method(abc.ABC):
             result["split"] = ctx.cfg.data.eval_split
             if dist.is_main():
                 write_result(ctx.out_dir, result)
+                log_eval(ctx, result, dataset, cam_dir=ctx.stage_dir(cam_stage) / "cams")
                 if e.plots:
                     _plot_cam_eval(result, ctx.out_dir, label=cam_stage)
             return _headline(result)
@@ -264,6 +266,7 @@ class Method(abc.ABC):
             result["split"] = split
             if dist.is_main():
                 write_result(ctx.out_dir, result)
+                log_eval(ctx, result, dataset, mask_dir=ctx.stage_dir(mask_stage) / subdir)
                 if ctx.cfg.eval.plots:
                     from wsss.metrics.plots import plot_per_class_iou
 
@@ -296,6 +299,7 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         the stage summary: epochs, steps and the last epoch's mean loss.
     """
     t = train_cfg
+    logger = train_logger(ctx)
     trainer = Trainer(
         model=model, step_fn=step_fn, param_groups=param_groups, dataset=dataset,
         out_dir=ctx.out_dir, device=ctx.device, epochs=t.epochs,
@@ -304,8 +308,11 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
         num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
         on_epoch_start=on_epoch_start,
+        logger=logger,
     )
     result = trainer.fit()
+    if logger is not None:
+        logger.close()
     if dist.is_main():
         save_checkpoint(ctx.out_dir / "model.pt", {"model": model.state_dict(), "meta": meta})
         write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))

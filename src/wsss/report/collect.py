@@ -1,0 +1,171 @@
+"""Read a finished (or partial) run directory: config, stage order, manifests, scores, outputs.
+
+Everything is found generically: a stage that scored something has `summary.miou` in its
+manifest and a `metrics.json`; a CAM source is a `metrics.json` with a `sweep` section; CAM
+files are `<stage>/cams/*.npz` and masks `<stage>/masks/*.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsss.pipeline.artifacts import read_manifest
+
+log = logging.getLogger("wsss")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One scored output: a CAM source at its fixed or oracle threshold, or a mask stage.
+
+    `threshold_kind` is "fixed" (set in advance), "oracle" (chosen with ground truth) or "" (a
+    mask stage, no threshold). Scores are in [0, 1] or None.
+    """
+
+    run: str
+    result: str
+    stage: str
+    split: str
+    threshold_kind: str
+    threshold: float | None
+    miou: float | None
+    precision: float | None = None
+    recall: float | None = None
+    coverage: float | None = None
+    contour_f: float | None = None
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.threshold_kind == "oracle"
+
+    @property
+    def threshold_text(self) -> str:
+        if not self.threshold_kind:
+            return "-"
+        return f"{self.threshold_kind} {self.threshold:.2f}" if self.threshold is not None \
+            else self.threshold_kind
+
+
+@dataclass
+class RunInfo:
+    """What a report needs from one run directory (see `read_run`)."""
+
+    run_dir: Path
+    config_text: str
+    cfg: Any  # RunConfig, or None when config.yaml no longer loads (the text is still shown)
+    config_error: str | None
+    stages: list[str]  # stages with a manifest, in pipeline order
+    manifests: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)  # stages.json (last invocation)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def rows(self, label: str | None = None) -> list[ResultRow]:
+        """One row per scored output; a CAM source gives a fixed-τ and an oracle row."""
+        run = label or self.name
+        rows = []
+        for stage in self.stages:
+            s = self.manifests[stage].get("summary", {})
+            if "miou" not in s:
+                continue
+            split = str(s.get("split"))
+            if "oracle_miou" in s:
+                rows.append(ResultRow(run, f"{stage} (fixed τ)", stage, split, "fixed",
+                                      s.get("threshold"), s["miou"], s.get("precision"),
+                                      s.get("recall"), 1.0))
+                rows.append(ResultRow(run, f"{stage} (best τ)", stage, split, "oracle",
+                                      s.get("oracle_threshold"), s["oracle_miou"], coverage=1.0))
+            else:
+                rows.append(ResultRow(run, stage, stage, split, "", None, s["miou"],
+                                      s.get("precision"), s.get("recall"), s.get("coverage"),
+                                      s.get("contour_f")))
+        return rows
+
+    def cam_sources(self) -> list[str]:
+        """Stages whose `metrics.json` holds a threshold sweep (eval stages of CAMs)."""
+        return [s for s in self.stages if "sweep" in self.metrics.get(s, {})]
+
+    def per_class_iou(self) -> dict[str, dict[str, float | None]]:
+        """Scored stage → class → IoU (a CAM source at its fixed threshold)."""
+        out = {}
+        for stage in self.stages:
+            m = self.metrics.get(stage)
+            if not m:
+                continue
+            body = m["fixed"] if "fixed" in m else m
+            if isinstance(body.get("iou"), dict):
+                label = f"{stage} (fixed τ)" if "fixed" in m else stage
+                out[label] = body["iou"]
+        return out
+
+    def output_stages(self, kind: str) -> list[str]:
+        """Stages holding `cams/*.npz` (kind "cams") or `masks/*.png` (kind "masks")."""
+        pattern = "*.npz" if kind == "cams" else "*.png"
+        return [s for s in self.stages
+                if (self.run_dir / s / kind).is_dir()
+                and next((self.run_dir / s / kind).glob(pattern), None) is not None]
+
+
+def _stage_order(run_dir: Path, cfg: Any, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Stages in the method's pipeline order (unknown ones after, by finish time)."""
+    order: list[str] = []
+    descriptions: dict[str, str] = {}
+    if cfg is not None:
+        try:
+            from wsss.methods import build_method
+
+            for stage in build_method(cfg).stages():
+                order.append(stage.name)
+                descriptions[stage.name] = stage.description
+        except Exception as exc:  # a method that no longer builds: fall back to finish times
+            log.warning("report: cannot list the stages of %s (%s); ordering by finish time",
+                        run_dir, exc)
+    known = [s for s in order if s in names]
+    rest = sorted((s for s in names if s not in order),
+                  key=lambda s: (str(read_manifest(run_dir / s).get("finished_at")), s))
+    return known + rest, descriptions
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """Read `run_dir` (a folder with `config.yaml` and stage folders).
+
+    Raises:
+        FileNotFoundError: `run_dir` has no `config.yaml`.
+    """
+    from wsss.config import ConfigError, load_config
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    config_text = config_path.read_text()
+    cfg, error = None, None
+    try:
+        cfg = load_config(config_path)
+    except (ConfigError, ValueError, KeyError) as exc:
+        error = str(exc)
+    manifests = {}
+    for path in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        manifest = read_manifest(path)
+        if manifest is not None:
+            manifests[path.name] = manifest
+    stages, descriptions = _stage_order(run_dir, cfg, list(manifests))
+    metrics = {}
+    for stage in stages:
+        path = run_dir / stage / "metrics.json"
+        if path.is_file():
+            metrics[stage] = json.loads(path.read_text())
+    outcomes = []
+    if (run_dir / "stages.json").is_file():
+        outcomes = json.loads((run_dir / "stages.json").read_text())
+    return RunInfo(run_dir=run_dir, config_text=config_text, cfg=cfg, config_error=error,
+                   stages=stages, manifests=manifests, metrics=metrics,
+                   descriptions=descriptions, outcomes=outcomes)

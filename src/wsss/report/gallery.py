@@ -1,0 +1,175 @@
+"""The report's gallery: per image, input | CAM heat maps | masks | ground truth, worst first.
+
+Columns are found generically: every stage with `cams/*.npz` gives a heat-map column and every
+stage with `masks/*.png` a mask column, for each split (eval, then val) that has ground truth
+and outputs. Rows are ordered by the per-image mIoU of the split's last mask stage (lowest first;
+images without labelled pixels last); pixels a mask leaves at 255 are abstained, not errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss.io import DataError, load_cams, load_mask, write_bytes
+from wsss.metrics.confusion import confusion_matrix, miou
+from wsss.report.collect import RunInfo
+from wsss.report.render import cam_heatmap, colorize_mask, png_bytes, resize_to
+
+# Panels are stored at least this tall, upscaled by an integer factor with nearest neighbours,
+# so that 48 px synthetic images stay crisp in any viewer.
+MIN_PANEL = 128
+
+
+@dataclass
+class GalleryColumn:
+    key: str  # file suffix, e.g. "cam-make_cam"
+    title: str
+    kind: str  # image | cams | masks | gt
+    stage: str = ""
+
+
+@dataclass
+class GalleryRow:
+    name: str
+    miou: float | None
+    classes: list[str]
+    files: dict[str, str]  # column key → path relative to the report folder
+
+
+@dataclass
+class Gallery:
+    split: str
+    order_stage: str | None  # the mask stage whose per-image mIoU orders the rows
+    columns: list[GalleryColumn]
+    rows: list[GalleryRow]
+    num_images: int  # images of the split with outputs (rows are the worst `max_images`)
+    class_names: list[str] = field(default_factory=list)  # background first
+    class_indices: set[int] = field(default_factory=set)  # classes visible in the panels
+
+
+def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | None:
+    """mIoU of one mask (H, W) against its ground truth over classes present in either;
+    predicted 255 is abstained, ground-truth 255 ignored. None without labelled pixels."""
+    value = float(miou(confusion_matrix(pred, gt, num_classes)))
+    return None if math.isnan(value) else value
+
+
+def _upscale(rgb: np.ndarray) -> np.ndarray:
+    factor = max(1, math.ceil(MIN_PANEL / max(rgb.shape[0], 1)))
+    if factor == 1:
+        return rgb
+    return resize_to(rgb, (rgb.shape[0] * factor, rgb.shape[1] * factor), nearest=True)
+
+
+def _stems(folder: Path, suffix: str) -> set[str]:
+    return {p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}")} if folder.is_dir() else set()
+
+
+def _splits(cfg: Any) -> list[str]:
+    out = []
+    for split in (cfg.data.eval_split, cfg.data.val_split):
+        if split and split not in out:
+            out.append(split)
+    return out
+
+
+def build_galleries(info: RunInfo, out_dir: Path, *, max_images: int = 24
+                    ) -> tuple[list[Gallery], list[str]]:
+    """Write the gallery panels under `out_dir/gallery/<split>/` and describe them.
+
+    Args:
+        info: the run (`read_run`).
+        out_dir: the report folder; panel paths in the result are relative to it.
+        max_images: rows per split (the worst ones).
+
+    Returns:
+        the galleries (one per split with outputs) and notes on what could not be shown.
+    """
+    from wsss.data import build_dataset
+
+    notes: list[str] = []
+    if info.cfg is None:
+        return [], [f"no gallery: config.yaml does not load ({info.config_error})"]
+    cam_stages = info.output_stages("cams")
+    mask_stages = info.output_stages("masks")
+    if not cam_stages and not mask_stages:
+        return [], ["no gallery: no stage has written CAMs or masks yet"]
+    stems = {s: _stems(info.run_dir / s / "cams", ".npz") for s in cam_stages}
+    stems.update({s: _stems(info.run_dir / s / "masks", ".png") for s in mask_stages})
+    galleries = []
+    for split in _splits(info.cfg):
+        try:
+            dataset = build_dataset(info.cfg.data, split)
+        except (DataError, FileNotFoundError, ValueError) as exc:
+            notes.append(f"split {split}: data unavailable ({exc})")
+            continue
+        if not dataset.has_masks:
+            notes.append(f"split {split}: no ground truth, no gallery")
+            continue
+        index = {n: i for i, n in enumerate(dataset.names)}
+        cams_here = [s for s in cam_stages if stems[s] & index.keys()]
+        masks_here = [s for s in mask_stages if stems[s] & index.keys()]
+        if not cams_here and not masks_here:
+            continue
+        gallery = _build_one(info, dataset, split, index, cams_here, masks_here, stems, out_dir,
+                             max_images)
+        galleries.append(gallery)
+    return galleries, notes
+
+
+def _build_one(info: RunInfo, dataset: Any, split: str, index: dict[str, int],
+               cams_here: list[str], masks_here: list[str], stems: dict[str, set[str]],
+               out_dir: Path, max_images: int) -> Gallery:
+    num_classes = dataset.num_classes + 1
+    columns = [GalleryColumn("image", "image", "image")]
+    columns += [GalleryColumn(f"cam-{s}", f"CAM · {s}", "cams", s) for s in cams_here]
+    columns += [GalleryColumn(f"mask-{s}", f"mask · {s}", "masks", s) for s in masks_here]
+    columns.append(GalleryColumn("gt", "ground truth", "gt"))
+    order_stage = masks_here[-1] if masks_here else None
+    covered = set().union(*(stems[s] for s in cams_here + masks_here)) & index.keys()
+    names = [n for n in dataset.names if n in covered]
+    scores: dict[str, float | None] = {}
+    if order_stage is not None:
+        for name in names:
+            if name in stems[order_stage]:
+                pred = load_mask(info.run_dir / order_stage / "masks" / f"{name}.png")
+                gt = dataset.load_mask(index[name])
+                scores[name] = image_miou(pred, gt, num_classes) if pred.shape == gt.shape \
+                    else None
+    # Worst first; images without a score (no labelled pixel, or no mask) go last.
+    names.sort(key=lambda n: (scores.get(n) is None, scores.get(n) or 0.0))
+    chosen = names[:max_images]
+    gallery = Gallery(split=split, order_stage=order_stage, columns=columns, rows=[],
+                      num_images=len(names), class_names=list(dataset.class_names))
+    folder = Path("gallery") / split
+    for position, name in enumerate(chosen):
+        i = index[name]
+        image = dataset.load_image(i)
+        gt = dataset.load_mask(i)
+        gt_classes = {int(v) for v in np.unique(gt)}
+        present = set(gt_classes)
+        files: dict[str, str] = {}
+        panels: dict[str, np.ndarray] = {"image": image, "gt": colorize_mask(gt)}
+        for column in columns:
+            if column.kind == "cams" and name in stems[column.stage]:
+                panels[column.key] = cam_heatmap(
+                    image, *load_cams(info.run_dir / column.stage / "cams" / f"{name}.npz"))
+            elif column.kind == "masks" and name in stems[column.stage]:
+                mask = load_mask(info.run_dir / column.stage / "masks" / f"{name}.png")
+                present |= {int(v) for v in np.unique(mask)}
+                panels[column.key] = colorize_mask(mask)
+        for key, rgb in panels.items():
+            rel = folder / f"{position:03d}_{key}.png"
+            write_bytes(out_dir / rel, png_bytes(_upscale(rgb)))
+            files[key] = rel.as_posix()
+        labels = [dataset.class_names[c] for c in sorted(gt_classes)
+                  if 0 < c < len(dataset.class_names)]
+        gallery.rows.append(GalleryRow(name=name, miou=scores.get(name), classes=labels,
+                                       files=files))
+        gallery.class_indices |= present
+    return gallery
