@@ -52,6 +52,7 @@ class OneStageConfig:
     psi: float = 0.3
     gci: bool = True  # Global Cue Injection into the shallow features
     aspp_dilations: list[int] = field(default_factory=lambda: [12, 24, 36])
+    head_channels: int = 256  # ASPP / decoder / GCI width (paper 256; the CPU preset uses less)
     focal: bool = True  # add the focal mask penalty to the nGWP scores
     focal_p: float = 3.0
     focal_lambda: float = 0.01
@@ -118,7 +119,7 @@ class ASPP(nn.Module):
                                   nn.Dropout(0.5))
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, D, h, w) → (B, 256, h, w)."""
+        """(B, D, h, w) → (B, out_channels, h, w)."""
         outs = [b(x) for b in self.branches]
         pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear",
                                align_corners=True)
@@ -145,7 +146,7 @@ class GlobalCueInjection(nn.Module):
         self.fc_cls = nn.Sequential(_conv(channels, channels), _bn(channels), nn.ReLU())
 
     def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
-        """shallow (B, S, h, w), deep (B, 256, h, w) → (B, 256, h, w)."""
+        """shallow (B, S, h, w), deep (B, W, h, w) → (B, W, h, w), W = `channels`."""
         x = self.fc_skip(shallow)
         if self.inject:
             cues = self.fc_deep(deep).flatten(2).amax(-1)  # (B, 512)
@@ -199,12 +200,14 @@ class OneStageNet(nn.Module):
         backbone: returns four maps and exposes `out_channels`.
         num_classes: C foreground classes; the output has C+1 channels, background first.
         gate: "stochastic", "deterministic" or "none".
+        channels: width of ASPP, decoder and GCI (256 in the paper).
         focal_p, focal_lambda: focal mask penalty; `focal=False` leaves it out.
     """
 
     def __init__(self, *, backbone: nn.Module, num_classes: int, gate: str = "stochastic",
                  psi: float = 0.3, gci: bool = True, aspp_dilations: Sequence[int] = (12, 24, 36),
-                 focal: bool = True, focal_p: float = 3.0, focal_lambda: float = 0.01) -> None:
+                 channels: int = 256, focal: bool = True, focal_p: float = 3.0,
+                 focal_lambda: float = 0.01) -> None:
         super().__init__()
         if gate not in ("stochastic", "deterministic", "none"):
             raise ValueError(f"gate must be stochastic, deterministic or none, got {gate!r}")
@@ -212,17 +215,18 @@ class OneStageNet(nn.Module):
         self.num_classes = num_classes
         self.focal, self.focal_p, self.focal_lambda = focal, focal_p, focal_lambda
         shallow, deep = backbone.out_channels[0], backbone.out_channels[-1]
-        self.aspp = ASPP(deep, dilations=aspp_dilations)
+        width = channels
+        self.aspp = ASPP(deep, out_channels=width, dilations=aspp_dilations)
         self.fc8_skip = nn.Sequential(_conv(shallow, 48), _bn(48), nn.ReLU())
-        self.fc8_x = nn.Sequential(_conv(256 + 48, 256, 3), _bn(256), nn.ReLU())
+        self.fc8_x = nn.Sequential(_conv(width + 48, width, 3), _bn(width), nn.ReLU())
         self.gate_mode = gate
         if gate != "none":
-            self.shallow = GlobalCueInjection(shallow, 256, inject=gci)
+            self.shallow = GlobalCueInjection(shallow, width, inject=gci)
             self.gate = StochasticGate(psi, deterministic=gate == "deterministic")
         self.last_conv = nn.Sequential(
-            _conv(256, 256, 3), _bn(256), nn.ReLU(), nn.Dropout(0.5),
-            _conv(256, 256, 3), _bn(256), nn.ReLU(), nn.Dropout(0.1),
-            _conv(256, num_classes, 1, bias=True),
+            _conv(width, width, 3), _bn(width), nn.ReLU(), nn.Dropout(0.5),
+            _conv(width, width, 3), _bn(width), nn.ReLU(), nn.Dropout(0.1),
+            _conv(width, num_classes, 1, bias=True),
         )
 
     def new_modules(self) -> list[nn.Module]:
@@ -336,7 +340,7 @@ class OneStage(Method):
     name = "one_stage"
     config_cls = OneStageConfig
     train_keys = ("method.name", "method.gate", "method.psi", "method.gci",
-                  "method.aspp_dilations", "method.focal", "method.focal_p",
+                  "method.aspp_dilations", "method.head_channels", "method.focal", "method.focal_p",
                   "method.focal_lambda", "method.pamr", "method.pamr_iter",
                   "method.pamr_dilations", "method.pamr_kernel", "method.fg_cutoff",
                   "method.bg_cutoff", "method.cutoff_floor", "method.seg_weight",
@@ -367,7 +371,8 @@ class OneStage(Method):
                 if name.startswith(prefixes):
                     p.requires_grad_(False)
         return OneStageNet(backbone=backbone, num_classes=num_classes, gate=c.gate, psi=c.psi,
-                           gci=c.gci, aspp_dilations=tuple(c.aspp_dilations), focal=c.focal,
+                           gci=c.gci, aspp_dilations=tuple(c.aspp_dilations),
+                           channels=c.head_channels, focal=c.focal,
                            focal_p=c.focal_p, focal_lambda=c.focal_lambda)
 
     def param_groups(self, model: nn.Module, base_lr: float) -> list[dict[str, Any]]:
