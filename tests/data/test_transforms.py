@@ -50,6 +50,7 @@ def test_random_crop_of_larger_image_is_a_window() -> None:
 
 def test_random_crop_mixed_axes_and_no_mask() -> None:
     image, mask = _pair(30, 6)
+    mask[0, 0] = 0  # no ignore pixel inside the image, so every 255 is padding
     out_image, out_mask = T.RandomCrop(10, image_fill=-1.5)(image.astype(np.float32), mask)
     assert out_mask.shape == (10, 10) and (out_mask == 255).sum() == 40
     assert (out_image == -1.5).sum() == 40 * 3

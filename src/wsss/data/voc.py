@@ -603,7 +603,7 @@ class SegmentationDataset(Dataset):
             results = _progress(
                 results, total=len(self), desc=f"validate {self.split}", enabled=progress
             )
-            for index, (item_problems, has_fg) in zip(indices, results):
+            for index, (item_problems, has_fg) in enumerate(results):
                 problems.extend(item_problems)
                 if has_fg is False:
                     no_foreground.append(self.names[index])
