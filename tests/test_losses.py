@@ -21,7 +21,8 @@ def test_smoothed_targets_sum_to_one_with_amn_values() -> None:
     torch.testing.assert_close(targets.sum(1), torch.ones(1, 2, 3))
     values = sorted(torch.unique(targets).tolist())
     assert len(values) == 2
-    assert math.isclose(values[0], 0.02, rel_tol=1e-6) and math.isclose(values[1], 0.6, rel_tol=1e-6)
+    assert math.isclose(values[0], 0.02, rel_tol=1e-6)
+    assert math.isclose(values[1], 0.6, rel_tol=1e-6)
     assert targets[0, 3, 0, 1] == targets.max()
     assert targets[0, 0, 0, 2] == targets.max()  # ignore → background one-hot (excluded later)
 

@@ -47,7 +47,8 @@ def test_affinity_from_boundary_is_one_minus_path_max() -> None:
     cols_src = index.src_indices % 8
     for d, (dy, dx) in enumerate(index.directions.tolist()):
         cols_dst = cols_src + dx
-        crosses = (torch.minimum(cols_src, cols_dst) <= 4) & (torch.maximum(cols_src, cols_dst) >= 4)
+        low, high = torch.minimum(cols_src, cols_dst), torch.maximum(cols_src, cols_dst)
+        crosses = (low <= 4) & (high >= 4)
         expected = torch.where(crosses, torch.tensor(0.2), torch.tensor(1.0))
         torch.testing.assert_close(aff[d], expected)
 

@@ -83,7 +83,8 @@ class IRNet(nn.Module):
         return [x.detach() for x in (x0, x1, x2, x3, x4)]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) → edge logits (B, 1, ⌈H/4⌉, ⌈W/4⌉), displacement (B, 2, ⌈H/4⌉, ⌈W/4⌉)."""
+        """images (B, 3, H, W) → edge logits (B, 1, h, w) and displacements (B, 2, h, w) at
+        stride 4, (h, w) = (⌈H/4⌉, ⌈W/4⌉)."""
         x0, x1, x2, x3, x4 = self.features(images)
         h, w = x1.shape[-2:]
         edges = [self.edge1(x0), self.edge2(x1), self.edge3(x2)[..., :h, :w],
