@@ -183,6 +183,38 @@ def test_trainer_logger_writes_every_term_at_its_interval(tmp_path: Path) -> Non
     assert "train/mask" in acc.Tags()["images"]
 
 
+def test_resumed_training_logs_each_step_once(tmp_path: Path) -> None:
+    def trainer(logger: TensorBoardLogger) -> Trainer:
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 1, 1)
+        return Trainer(model=model, step_fn=_toy_step,
+                       param_groups=[{"params": model.parameters(), "lr": 0.1}],
+                       dataset=_Toy(), out_dir=tmp_path / "out", device=torch.device("cpu"),
+                       epochs=2, batch_size=4, checkpoint_every=2, logger=logger)
+
+    class Stop(Exception):
+        pass
+
+    first = trainer(TensorBoardLogger(tmp_path / "tb", scalar_every=1, image_every=0))
+    real = first.train_step
+    calls = {"n": 0}
+
+    def dying(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after step 3; the last checkpoint is at step 2
+            raise Stop
+        return real(batch)
+
+    first.train_step = dying  # type: ignore[method-assign]
+    with pytest.raises(Stop):
+        first.fit()
+    first.logger.close()  # type: ignore[union-attr]
+    logger = TensorBoardLogger(tmp_path / "tb", scalar_every=1, image_every=0)
+    trainer(logger).fit()
+    logger.close()
+    assert [e.step for e in _events(tmp_path / "tb").Scalars("loss/a")] == list(range(1, 9))
+
+
 def _fake_run(workdir: Path, name: str, root: Path, miou: float) -> Path:
     """A run directory with manifests and metrics of an eval_cam and an eval_seeds stage."""
     cfg = load_config(SMOKE, [f"data.root={root}", f"pipeline.name={name}"])
@@ -229,7 +261,10 @@ def test_compare_table_curves_and_cli(tmp_path: Path, synthetic_root: Path, caps
     assert 'src="miou_vs_threshold.png"' in text and "beta: eval_seeds" in text
 
     c = _fake_run(tmp_path / "w3", "alpha", tmp_path / "other-data", 0.3)
+    (tmp_path / "cmp2").mkdir()
+    (tmp_path / "cmp2" / "keep.txt").write_text("not ours")
     assert main(["compare", str(a), str(c), "--out", str(tmp_path / "cmp2")]) == 0
+    assert (tmp_path / "cmp2" / "keep.txt").is_file()  # only its own files are replaced
     out = capsys.readouterr().out
     assert "different data" in out and "w1/alpha" in out and "w3/alpha" in out
     assert (tmp_path / "cmp2" / "index.html").is_file()

@@ -6,14 +6,20 @@ different data (data set, root or splits), since their numbers are then not comp
 
 from __future__ import annotations
 
-import shutil
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsss.io import write_text
 from wsss.report.collect import ResultRow, RunInfo, read_run
-from wsss.report.html import _e, class_bars_html, page, results_html, run_class_names
+from wsss.report.html import (
+    class_bars_html,
+    clear_outputs,
+    page,
+    results_html,
+    run_class_names,
+)
 
 
 @dataclass
@@ -26,6 +32,10 @@ class Comparison:
 
     def table(self) -> str:
         return format_rows(self.rows)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
 
 
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -82,7 +92,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Compari
 
     Args:
         run_dirs: two or more run directories.
-        out_dir: output folder (rebuilt).
+        out_dir: output folder (earlier comparison files in it are replaced).
 
     Returns:
         the rows, notes and written paths.
@@ -96,9 +106,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Compari
     infos = [read_run(p) for p in paths]
     labels = run_labels(paths)
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = [row for info, label in zip(infos, labels) for row in info.rows(label)]
     notes = data_notes(infos, labels)
 

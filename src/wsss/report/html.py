@@ -129,9 +129,10 @@ def _config_section(info: RunInfo) -> str:
         for key, value in to_dict(cfg.method).items():
             if key != "name" and not isinstance(value, dict):
                 items.append((f"method.{key}", value))
-        segnet = getattr(cfg, "segnet", None)
-        if segnet is not None:
-            items.append(("segnet", "enabled" if segnet.enabled else "off"))
+        s = cfg.segnet
+        items.append(("segnet", f"{s.arch} {s.backbone}, {s.iterations} iterations on "
+                                f"{s.pseudo_mask_stage or 'the method pseudo-masks'}"
+                      if s.enabled else "off"))
         items.append(("seed / device", f"{cfg.pipeline.seed} / {cfg.pipeline.device}"))
         parts.append(_table(["key", "value"], [(_e(k), _e(v)) for k, v in items],
                             cls="config"))
@@ -289,6 +290,8 @@ def _gallery_section(info: RunInfo, galleries: Sequence[Gallery], notes: Sequenc
     for g in galleries:
         order = (f"ordered worst first by per-image mIoU of <b>{_e(g.order_stage)}</b>"
                  if g.order_stage else "in data set order (no mask stage to score)")
+        if g.num_ranked < g.num_images:
+            order += f" among {g.num_ranked} evenly spaced images"
         parts.append(f"<h3>split {_e(g.split)}</h3><p class=\"note\">{len(g.rows)} of "
                      f"{g.num_images} images, {order}. CAMs: per-pixel maximum over the "
                      "image's classes (jet, blue = 0, red = 1) over the image.</p>")
@@ -327,11 +330,20 @@ def page(title: str, body: str, *, nav: Sequence[tuple[str, str]] = ()) -> str:
             f"{'<nav>' + links + '</nav>' if links else ''}{body}</body></html>\n")
 
 
+def clear_outputs(out: Path) -> None:
+    """Remove what an earlier report or comparison wrote into `out` (index.html, PNG figures,
+    results.txt, gallery/), leaving any other file alone."""
+    for path in [out / "index.html", out / "results.txt", *out.glob("*.png")]:
+        path.unlink(missing_ok=True)
+    if (out / "gallery").is_dir():
+        shutil.rmtree(out / "gallery")
+
+
 def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None,
                  max_images: int = 24) -> Path:
     """Write the HTML report of `run_dir` (default `run_dir/report/index.html`).
 
-    The folder is rebuilt from scratch each time. Works on partial runs: sections without data
+    Earlier report files in the folder are replaced. Works on partial runs: sections without data
     are left out or say what is missing.
 
     Args:
@@ -347,9 +359,8 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None,
     """
     info = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else info.run_dir / REPORT_DIR
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
     galleries, notes = build_galleries(info, out, max_images=max_images)
     method = info.cfg.method.name if info.cfg is not None else "?"
     header = (f"<h1>wsss report · {_e(info.name)}</h1><p class=\"meta\">method "

@@ -8,6 +8,7 @@ module stays cheap. Switches: `pipeline.tensorboard`, `pipeline.tensorboard_ever
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ from wsss.report.render import cam_heatmap, colorize_mask, denormalize, hstack
 TENSORBOARD_DIR = "tensorboard"
 
 
-def _writer(log_dir: str | Path) -> Any:
+def _writer(log_dir: str | Path, *, purge_step: int | None = None) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 class TensorBoardLogger:
@@ -36,6 +37,9 @@ class TensorBoardLogger:
     and `epoch/lr` (epoch means, x = global step), `train/input` (a grid of de-normalised input
     images) and `train/mask` (the batch's target masks, when it has them) every `image_every`
     steps and at step 1.
+
+    The writer opens at the first write with `purge_step` at that step, so after a resume
+    TensorBoard drops the points a killed run wrote beyond its last checkpoint.
 
     Args:
         log_dir: folder of the event files, e.g. `<run>/tensorboard/train_cam`.
@@ -56,10 +60,9 @@ class TensorBoardLogger:
         self.std = std
         self._writer: Any = None
 
-    @property
-    def writer(self) -> Any:
+    def _open(self, step: int) -> Any:
         if self._writer is None:
-            self._writer = _writer(self.log_dir)
+            self._writer = _writer(self.log_dir, purge_step=step)
         return self._writer
 
     @staticmethod
@@ -68,24 +71,25 @@ class TensorBoardLogger:
 
     def log_step(self, step: int, values: dict[str, float], lrs: list[float],
                  batch: dict[str, Any]) -> None:
+        writer = self._open(step)
         if self._due(step, self.scalar_every):
             for name, value in values.items():
-                self.writer.add_scalar("loss/total" if name == "loss" else f"loss/{name}",
-                                       value, step)
+                writer.add_scalar("loss/total" if name == "loss" else f"loss/{name}", value, step)
             for i, lr in enumerate(lrs):
-                self.writer.add_scalar(f"lr/group{i}", lr, step)
+                writer.add_scalar(f"lr/group{i}", lr, step)
         if self._due(step, self.image_every) and "image" in batch:
             images = batch["image"][: self.max_images].detach().float().cpu().numpy()
-            self.writer.add_images("train/input", denormalize(images, self.mean, self.std), step)
+            writer.add_images("train/input", denormalize(images, self.mean, self.std), step)
             if "mask" in batch:
                 masks = batch["mask"][: self.max_images].cpu().numpy()
                 colours = np.stack([colorize_mask(m) for m in masks])
-                self.writer.add_images("train/mask", colours, step, dataformats="NHWC")
+                writer.add_images("train/mask", colours, step, dataformats="NHWC")
 
     def log_epoch(self, epoch: int, step: int, means: dict[str, float]) -> None:
+        writer = self._open(step)
         for name, value in means.items():
-            self.writer.add_scalar(f"epoch/{'total' if name == 'loss' else name}", value, step)
-        self.writer.flush()
+            writer.add_scalar(f"epoch/{'total' if name == 'loss' else name}", value, step)
+        writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -99,10 +103,16 @@ def stage_log_dir(ctx: Any) -> Path:
 
 
 def train_logger(ctx: Any) -> TensorBoardLogger | None:
-    """The training logger of a stage, or None when `pipeline.tensorboard` is off or not rank 0."""
+    """The training logger of a stage, or None when `pipeline.tensorboard` is off or not rank 0.
+
+    A stage that starts afresh (no `last.pt` to resume from) first removes the event files of
+    earlier runs of the stage.
+    """
     p = ctx.cfg.pipeline
     if not p.tensorboard or not dist.is_main():
         return None
+    if not (ctx.out_dir / "last.pt").is_file() and stage_log_dir(ctx).is_dir():
+        shutil.rmtree(stage_log_dir(ctx))
     return TensorBoardLogger(stage_log_dir(ctx), scalar_every=p.tensorboard_every,
                              image_every=p.tensorboard_image_every,
                              max_images=p.tensorboard_images)
@@ -134,6 +144,8 @@ def log_eval(ctx: Any, result: dict[str, Any], dataset: Any, *,
     p = ctx.cfg.pipeline
     if not p.tensorboard or not dist.is_main():
         return
+    if stage_log_dir(ctx).is_dir():  # the events of an earlier run of this stage
+        shutil.rmtree(stage_log_dir(ctx))
     writer = _writer(stage_log_dir(ctx))
     try:
         if "fixed" in result:
