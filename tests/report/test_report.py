@@ -245,6 +245,56 @@ def _fake_run(workdir: Path, name: str, root: Path, miou: float) -> Path:
     return run
 
 
+def test_every_mask_folder_is_found_and_the_worst_image_comes_first(
+        tmp_path: Path, synthetic_root: Path) -> None:
+    from wsss.data import build_dataset
+    from wsss.io import save_cams, save_mask
+
+    run = _fake_run(tmp_path, "folders", synthetic_root, 0.5)
+    cfg = load_config(SMOKE, [f"data.root={synthetic_root}"])
+    dataset = build_dataset(cfg.data, "train")
+    names = dataset.names[:3]
+    gts = [dataset.load_mask(i) for i in range(3)]
+    for name, gt in zip(names, gts):
+        save_cams(run / "make_cam" / "cams" / f"{name}.npz",
+                  np.zeros((1,) + gt.shape, np.float32), np.array([1]))
+        save_mask(run / "make_masks" / "masks" / f"{name}.png", gt)  # perfect
+        save_mask(run / "make_masks" / "masks_clean" / f"{name}.png", gt)
+    # the folder scored last orders the gallery: perfect, all background, GT with half the
+    # foreground set to background
+    half = gts[2].copy()
+    half[: half.shape[0] // 2][half[: half.shape[0] // 2] != 255] = 0
+    for name, mask in zip(names, [gts[0], np.zeros_like(gts[1]), half]):
+        save_mask(run / "make_masks" / "crf" / f"{name}.png", mask)
+    (run / "make_cam" / "probs").mkdir()
+    np.savez(run / "make_cam" / "probs" / "x.npz", probs=np.zeros(2))  # not CAMs
+    for stage in ("make_cam", "make_masks"):
+        write_manifest(run / stage, {"stage": stage, "summary": {},
+                                     "finished_at": "2026-01-01T00:00:00"})
+    iou = {"background": 0.9, "cat": 0.5}
+    for second, (stage, folder) in enumerate((("eval_masks_clean", "masks_clean"),
+                                              ("eval_crf", "crf")), start=1):
+        write_result(run / stage, {"split": "train", "miou": 0.5, "iou": iou, "precision": iou,
+                                   "recall": iou, "masks": str(run / "make_masks" / folder)})
+        write_manifest(run / stage, {"stage": stage, "summary": {"split": "train", "miou": 0.5},
+                                     "finished_at": f"2026-01-01T00:00:0{second}"})
+    write_result(run / "eval_crf", {"split": "train", "miou": 0.25, "iou": iou},
+                 name="metrics_dense.json")
+    info = read_run(run)
+    assert [o.label for o in info.output_folders("masks")] == [
+        "make_masks", "make_masks/masks_clean", "make_masks/crf"]
+    assert [o.label for o in info.output_folders("cams")] == ["make_cam"]
+    assert "eval_crf (dense)" in [r.result for r in info.rows()]
+    galleries, _ = build_galleries(info, tmp_path / "report")
+    g = galleries[0]
+    assert g.split == "train" and g.order_stage == "make_masks/crf" and g.num_images == 3
+    assert [r.name for r in g.rows] == [names[1], names[2], names[0]]
+    assert g.rows[2].miou == pytest.approx(1.0) and g.rows[0].miou < g.rows[1].miou < 1.0
+    assert [c.title for c in g.columns] == [
+        "image", "CAM · make_cam", "mask · make_masks", "mask · make_masks/masks_clean",
+        "mask · make_masks/crf", "ground truth"]
+
+
 def test_compare_table_curves_and_cli(tmp_path: Path, synthetic_root: Path, capsys) -> None:
     a = _fake_run(tmp_path / "w1", "alpha", synthetic_root, 0.5)
     b = _fake_run(tmp_path / "w2", "beta", synthetic_root, 0.4)

@@ -1,8 +1,9 @@
 """Read a finished (or partial) run directory: config, stage order, manifests, scores, outputs.
 
 Everything is found generically: a stage that scored something has `summary.miou` in its
-manifest and a `metrics.json`; a CAM source is a `metrics.json` with a `sweep` section; CAM
-files are `<stage>/cams/*.npz` and masks `<stage>/masks/*.png`.
+manifest and a `metrics.json` (further results as `metrics_<variant>.json`, e.g. segnet's
+`metrics_crf.json`); a CAM source is a metrics file with a `sweep` section; CAM files are
+`<stage>/<folder>/*.npz` holding `cams`, and masks `<stage>/<folder>/*.png`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from wsss.pipeline.artifacts import read_manifest
 
@@ -50,6 +53,24 @@ class ResultRow:
             else self.threshold_kind
 
 
+@dataclass(frozen=True)
+class OutputFolder:
+    """A folder of per-image outputs: `<run>/<stage>/<folder>/<image>.npz|.png`."""
+
+    stage: str
+    folder: str
+    kind: str  # cams | masks
+
+    @property
+    def label(self) -> str:
+        return self.stage if self.folder == self.kind else f"{self.stage}/{self.folder}"
+
+
+def _mean(per_class: Any) -> float | None:
+    values = [v for v in (per_class or {}).values() if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 @dataclass
 class RunInfo:
     """What a report needs from one run directory (see `read_run`)."""
@@ -60,6 +81,8 @@ class RunInfo:
     config_error: str | None
     stages: list[str]  # stages with a manifest, in pipeline order
     manifests: dict[str, dict[str, Any]]
+    # label → a metrics file: "<stage>" for metrics.json, "<stage> (<variant>)" for
+    # metrics_<variant>.json; in stage order
     metrics: dict[str, dict[str, Any]]
     descriptions: dict[str, str] = field(default_factory=dict)
     outcomes: list[dict[str, Any]] = field(default_factory=list)  # stages.json (last invocation)
@@ -87,31 +110,63 @@ class RunInfo:
                 rows.append(ResultRow(run, stage, stage, split, "", None, s["miou"],
                                       s.get("precision"), s.get("recall"), s.get("coverage"),
                                       s.get("contour_f")))
+            for label, m in self.metrics.items():  # metrics_<variant>.json of masks
+                if label.startswith(f"{stage} (") and "miou" in m:
+                    rows.append(ResultRow(
+                        run, label, stage, str(m.get("split", split)), "", None, m["miou"],
+                        _mean(m.get("precision")), _mean(m.get("recall")), m.get("coverage"),
+                        (m.get("contour") or {}).get("fscore")))
         return rows
 
     def cam_sources(self) -> list[str]:
-        """Stages whose `metrics.json` holds a threshold sweep (eval stages of CAMs)."""
-        return [s for s in self.stages if "sweep" in self.metrics.get(s, {})]
+        """Metrics labels whose file holds a threshold sweep (eval stages of CAMs)."""
+        return [label for label, m in self.metrics.items() if "sweep" in m]
 
     def per_class_iou(self) -> dict[str, dict[str, float | None]]:
-        """Scored stage → class → IoU (a CAM source at its fixed threshold)."""
+        """Scored output → class → IoU (a CAM source at its fixed threshold)."""
         out = {}
-        for stage in self.stages:
-            m = self.metrics.get(stage)
-            if not m:
-                continue
+        for label, m in self.metrics.items():
             body = m["fixed"] if "fixed" in m else m
             if isinstance(body.get("iou"), dict):
-                label = f"{stage} (fixed τ)" if "fixed" in m else stage
-                out[label] = body["iou"]
+                out[f"{label} (fixed τ)" if "fixed" in m else label] = body["iou"]
         return out
 
-    def output_stages(self, kind: str) -> list[str]:
-        """Stages holding `cams/*.npz` (kind "cams") or `masks/*.png` (kind "masks")."""
-        pattern = "*.npz" if kind == "cams" else "*.png"
-        return [s for s in self.stages
-                if (self.run_dir / s / kind).is_dir()
-                and next((self.run_dir / s / kind).glob(pattern), None) is not None]
+    def output_folders(self, kind: str) -> list[OutputFolder]:
+        """Folders of CAM files (kind "cams": `.npz` holding `cams`) or masks (kind "masks":
+        `.png`) in stage order. Within a stage the folder named like the kind comes first, then
+        the folders in the order eval stages scored them, then the rest by name."""
+        suffix = ".npz" if kind == "cams" else ".png"
+        scored = self._scored_folders(kind)
+        out = []
+        for stage in self.stages:
+            found = []
+            for sub in sorted(p for p in (self.run_dir / stage).iterdir() if p.is_dir()):
+                first = next(sub.glob(f"*{suffix}"), None)
+                if first is None or (kind == "cams" and not _holds_cams(first)):
+                    continue
+                rank = -1 if sub.name == kind else scored.get((stage, sub.name), len(scored))
+                found.append((rank, sub.name))
+            out += [OutputFolder(stage, name, kind) for _, name in sorted(found)]
+        return out
+
+    def _scored_folders(self, kind: str) -> dict[tuple[str, str], int]:
+        """(stage, folder) → position among the folders the metrics files name under `kind`."""
+        order: dict[tuple[str, str], int] = {}
+        for m in self.metrics.values():
+            for body in (m, *(v for v in m.values() if isinstance(v, dict))):
+                path = body.get(kind) if isinstance(body.get(kind), str) else None
+                if path:
+                    key = (Path(path).parent.name, Path(path).name)
+                    order.setdefault(key, len(order))
+        return order
+
+
+def _holds_cams(path: Path) -> bool:
+    try:
+        with np.load(path) as data:
+            return "cams" in data.files and "keys" in data.files
+    except (OSError, ValueError):
+        return False
 
 
 def _stage_order(run_dir: Path, cfg: Any, names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -163,6 +218,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
         path = run_dir / stage / "metrics.json"
         if path.is_file():
             metrics[stage] = json.loads(path.read_text())
+        for path in sorted((run_dir / stage).glob("metrics_*.json")):
+            metrics[f"{stage} ({path.stem[len('metrics_'):]})"] = json.loads(path.read_text())
     outcomes = []
     if (run_dir / "stages.json").is_file():
         outcomes = json.loads((run_dir / "stages.json").read_text())

@@ -1,9 +1,10 @@
 """The report's gallery: per image, input | CAM heat maps | masks | ground truth, worst first.
 
-Columns are found generically: every stage with `cams/*.npz` gives a heat-map column and every
-stage with `masks/*.png` a mask column, for each split (eval, then val) that has ground truth
-and outputs. Rows are ordered by the per-image mIoU of the split's last mask stage (lowest first;
-images without labelled pixels last); pixels a mask leaves at 255 are abstained, not errors.
+Columns are found generically (`RunInfo.output_folders`): every folder of CAM files gives a
+heat-map column and every folder of PNG masks a mask column, for each split (eval, then val) that
+has ground truth and outputs. Rows are ordered by the per-image mIoU of the split's last mask
+folder (lowest first; images without labelled pixels last); pixels a mask leaves at 255 are
+abstained, not errors.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import numpy as np
 
 from wsss.io import DataError, load_cams, load_mask, write_bytes
 from wsss.metrics.confusion import confusion_matrix, miou
-from wsss.report.collect import RunInfo
-from wsss.report.render import cam_heatmap, colorize_mask, png_bytes, resize_to
+from wsss.report.collect import OutputFolder, RunInfo
+from wsss.report.render import cam_heatmap, colorize_mask, png_bytes, upscale
 
-# Panels are stored at least this tall, upscaled by an integer factor with nearest neighbours,
-# so that 48 px synthetic images stay crisp in any viewer.
+# Panels are stored at least this tall (48 px synthetic images are enlarged).
 MIN_PANEL = 128
 # Larger splits are ranked on an evenly spaced subset, keeping a report of COCO train (82k
 # images) to seconds.
@@ -33,7 +33,7 @@ class GalleryColumn:
     key: str  # file suffix, e.g. "cam-make_cam"
     title: str
     kind: str  # image | cams | masks | gt
-    stage: str = ""
+    output: OutputFolder | None = None
 
 
 @dataclass
@@ -47,7 +47,7 @@ class GalleryRow:
 @dataclass
 class Gallery:
     split: str
-    order_stage: str | None  # the mask stage whose per-image mIoU orders the rows
+    order_stage: str | None  # the mask folder (label) whose per-image mIoU orders the rows
     columns: list[GalleryColumn]
     rows: list[GalleryRow]
     num_images: int  # images of the split with outputs (rows are the worst `max_images`)
@@ -61,13 +61,6 @@ def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | No
     predicted 255 is abstained, ground-truth 255 ignored. None without labelled pixels."""
     value = float(miou(confusion_matrix(pred, gt, num_classes)))
     return None if math.isnan(value) else value
-
-
-def _upscale(rgb: np.ndarray) -> np.ndarray:
-    factor = max(1, math.ceil(MIN_PANEL / max(rgb.shape[0], 1)))
-    if factor == 1:
-        return rgb
-    return resize_to(rgb, (rgb.shape[0] * factor, rgb.shape[1] * factor), nearest=True)
 
 
 def _stems(folder: Path, suffix: str) -> set[str]:
@@ -99,12 +92,11 @@ def build_galleries(info: RunInfo, out_dir: Path, *, max_images: int = 24
     notes: list[str] = []
     if info.cfg is None:
         return [], [f"no gallery: config.yaml does not load ({info.config_error})"]
-    cam_stages = info.output_stages("cams")
-    mask_stages = info.output_stages("masks")
-    if not cam_stages and not mask_stages:
+    outputs = info.output_folders("cams") + info.output_folders("masks")
+    if not outputs:
         return [], ["no gallery: no stage has written CAMs or masks yet"]
-    stems = {s: _stems(info.run_dir / s / "cams", ".npz") for s in cam_stages}
-    stems.update({s: _stems(info.run_dir / s / "masks", ".png") for s in mask_stages})
+    stems = {o: _stems(info.run_dir / o.stage / o.folder, ".npz" if o.kind == "cams" else ".png")
+             for o in outputs}
     galleries = []
     for split in _splits(info.cfg):
         try:
@@ -116,43 +108,49 @@ def build_galleries(info: RunInfo, out_dir: Path, *, max_images: int = 24
             notes.append(f"split {split}: no ground truth, no gallery")
             continue
         index = {n: i for i, n in enumerate(dataset.names)}
-        cams_here = [s for s in cam_stages if stems[s] & index.keys()]
-        masks_here = [s for s in mask_stages if stems[s] & index.keys()]
-        if not cams_here and not masks_here:
+        here = [o for o in outputs if stems[o] & index.keys()]
+        if not here:
             continue
-        gallery = _build_one(info, dataset, split, index, cams_here, masks_here, stems, out_dir,
-                             max_images)
+        gallery = _build_one(info, dataset, split, index, here, stems, out_dir, max_images)
         galleries.append(gallery)
     return galleries, notes
 
 
+def _path(info: RunInfo, output: OutputFolder, name: str) -> Path:
+    suffix = ".npz" if output.kind == "cams" else ".png"
+    return info.run_dir / output.stage / output.folder / f"{name}{suffix}"
+
+
 def _build_one(info: RunInfo, dataset: Any, split: str, index: dict[str, int],
-               cams_here: list[str], masks_here: list[str], stems: dict[str, set[str]],
-               out_dir: Path, max_images: int) -> Gallery:
+               here: list[OutputFolder], stems: dict[OutputFolder, set[str]], out_dir: Path,
+               max_images: int) -> Gallery:
     num_classes = dataset.num_classes + 1
     columns = [GalleryColumn("image", "image", "image")]
-    columns += [GalleryColumn(f"cam-{s}", f"CAM · {s}", "cams", s) for s in cams_here]
-    columns += [GalleryColumn(f"mask-{s}", f"mask · {s}", "masks", s) for s in masks_here]
+    for kind, title in (("cams", "CAM"), ("masks", "mask")):
+        columns += [GalleryColumn(f"{kind[:-1]}-{o.label.replace('/', '-')}",
+                                  f"{title} · {o.label}", kind, o)
+                    for o in here if o.kind == kind]
     columns.append(GalleryColumn("gt", "ground truth", "gt"))
-    order_stage = masks_here[-1] if masks_here else None
-    covered = set().union(*(stems[s] for s in cams_here + masks_here)) & index.keys()
+    masks_here = [o for o in here if o.kind == "masks"]
+    order = masks_here[-1] if masks_here else None
+    covered = set().union(*(stems[o] for o in here)) & index.keys()
     names = [n for n in dataset.names if n in covered]
     num_images = len(names)
     if num_images > MAX_SCORED:
         names = [names[int(i)] for i in np.linspace(0, num_images - 1, MAX_SCORED).round()]
     scores: dict[str, float | None] = {}
-    if order_stage is not None:
+    if order is not None:
         for name in names:
-            if name in stems[order_stage]:
-                pred = load_mask(info.run_dir / order_stage / "masks" / f"{name}.png")
+            if name in stems[order]:
+                pred = load_mask(_path(info, order, name))
                 gt = dataset.load_mask(index[name])
                 scores[name] = image_miou(pred, gt, num_classes) if pred.shape == gt.shape \
                     else None
     # Worst first; images without a score (no labelled pixel, or no mask) go last.
     names.sort(key=lambda n: (scores.get(n) is None, scores.get(n) or 0.0))
     chosen = names[:max_images]
-    gallery = Gallery(split=split, order_stage=order_stage, columns=columns, rows=[],
-                      num_images=num_images, num_ranked=len(names),
+    gallery = Gallery(split=split, order_stage=order.label if order else None, columns=columns,
+                      rows=[], num_images=num_images, num_ranked=len(names),
                       class_names=list(dataset.class_names))
     folder = Path("gallery") / split
     for position, name in enumerate(chosen):
@@ -164,16 +162,18 @@ def _build_one(info: RunInfo, dataset: Any, split: str, index: dict[str, int],
         files: dict[str, str] = {}
         panels: dict[str, np.ndarray] = {"image": image, "gt": colorize_mask(gt)}
         for column in columns:
-            if column.kind == "cams" and name in stems[column.stage]:
-                panels[column.key] = cam_heatmap(
-                    image, *load_cams(info.run_dir / column.stage / "cams" / f"{name}.npz"))
-            elif column.kind == "masks" and name in stems[column.stage]:
-                mask = load_mask(info.run_dir / column.stage / "masks" / f"{name}.png")
+            if column.output is None or name not in stems[column.output]:
+                continue
+            if column.kind == "cams":
+                panels[column.key] = cam_heatmap(image, *load_cams(_path(info, column.output,
+                                                                         name)))
+            else:
+                mask = load_mask(_path(info, column.output, name))
                 present |= {int(v) for v in np.unique(mask)}
                 panels[column.key] = colorize_mask(mask)
         for key, rgb in panels.items():
             rel = folder / f"{position:03d}_{key}.png"
-            write_bytes(out_dir / rel, png_bytes(_upscale(rgb)))
+            write_bytes(out_dir / rel, png_bytes(upscale(rgb, MIN_PANEL)))
             files[key] = rel.as_posix()
         labels = [dataset.class_names[c] for c in sorted(gt_classes)
                   if 0 < c < len(dataset.class_names)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -247,20 +248,21 @@ def _threshold_section(info: RunInfo, out_dir: Path) -> str:
     sources = info.cam_sources()
     if not sources:
         return ""
-    curves, marks = {}, {}
+    curves, marked = {}, {}
     figures = []
     for stage in sources:
         m = info.metrics[stage]
         cams = Path(str(m.get("cams", ""))).parent.name or stage
         label = f"{cams} → {stage} ({m.get('split')})"
         curves[label] = (m["sweep"]["thresholds"], m["sweep"]["miou"])
-        marks[f"{stage} fixed"] = m["fixed"]["threshold"]
+        marked.setdefault(float(m["fixed"]["threshold"]), []).append(stage)
+    marks = {f"{', '.join(stages)} fixed": tau for tau, stages in marked.items()}
     plot_threshold_curves(curves, out_dir / "miou_vs_threshold.png", marks=marks,
                           title="mIoU(τ) of every CAM source (best τ = oracle)")
     figures.append(("miou_vs_threshold.png", "mIoU over the background threshold τ"))
     for stage in sources:
         best = list(info.metrics[stage]["sweep"].get("per_image_best_thresholds", {}).values())
-        name = f"best_threshold_hist_{stage}.png"
+        name = f"best_threshold_hist_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stage)}.png"
         plot_threshold_histogram(best, out_dir / name,
                                  title=f"{stage}: per-image optimal τ (oracle)")
         figures.append((name, f"per-image optimal threshold, {stage}"))

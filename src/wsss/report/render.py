@@ -6,6 +6,7 @@ Pure NumPy (PIL only to resize and encode): uint8 (H, W, 3) in, uint8 (H, W, 3) 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,6 +88,15 @@ def hstack(panels: Sequence[np.ndarray], *, gap: int = 2) -> np.ndarray:
         parts.append(resize_to(panel, (height, panel.shape[1] * height // panel.shape[0]),
                                nearest=True))
     return np.concatenate(parts, axis=1)
+
+
+def upscale(rgb: np.ndarray, min_height: int) -> np.ndarray:
+    """Enlarge (H, W, 3) by the smallest integer factor (nearest neighbour) reaching
+    `min_height`, so that tiny images stay crisp in any viewer; larger ones are unchanged."""
+    factor = max(1, math.ceil(min_height / max(rgb.shape[0], 1)))
+    if factor == 1:
+        return rgb
+    return resize_to(rgb, (rgb.shape[0] * factor, rgb.shape[1] * factor), nearest=True)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

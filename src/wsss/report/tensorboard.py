@@ -18,7 +18,7 @@ import numpy as np
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.engine import distributed as dist
 from wsss.io import load_cams, load_mask
-from wsss.report.render import cam_heatmap, colorize_mask, denormalize, hstack
+from wsss.report.render import cam_heatmap, colorize_mask, denormalize, hstack, upscale
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -192,6 +192,6 @@ def log_eval(ctx: Any, result: dict[str, Any], dataset: Any, *,
                 tag = f"mask/{name}"
             gt = dataset.load_mask(index)
             panels = [image, middle] + ([colorize_mask(gt)] if gt is not None else [])
-            writer.add_image(tag, hstack(panels), 0, dataformats="HWC")
+            writer.add_image(tag, upscale(hstack(panels), 128), 0, dataformats="HWC")
     finally:
         writer.close()
