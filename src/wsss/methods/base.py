@@ -140,7 +140,9 @@ class Method(abc.ABC):
         def run(ctx: StageContext) -> dict[str, Any]:
             from wsss.data.prepare import prepare_data
 
-            return prepare_data(ctx.cfg.data)
+            # Rank 0 generates and validates; the others wait for its summary.
+            summary = prepare_data(ctx.cfg.data) if dist.is_main() else None
+            return dist.broadcast_object(summary)
 
         return Stage("data", run, depends_on=DATA_KEYS,
                      description="generate (synthetic) and validate every split")
