@@ -86,3 +86,34 @@ def test_sharded_make_cam_and_eval_match_one_process(overrides: list[str]) -> No
     assert np.array_equal(eval_two["sweep"]["miou"], eval_one["sweep"]["miou"])
     assert eval_two["sweep"]["per_image_best_thresholds"] == \
         eval_one["sweep"]["per_image_best_thresholds"]
+
+
+def _dying_worker(rank: int, world: int, port: int, overrides: list[str], kwargs: dict) -> None:
+    """Rank 1 dies in its fourth training step (epoch 2); rank 0 would wait in a collective."""
+    if rank == 1:
+        from wsss.engine.trainer import Trainer
+
+        real = Trainer.train_step
+        calls = {"n": 0}
+
+        def dying(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                os._exit(3)  # a killed process: no exception, no clean-up
+            return real(self, batch)
+
+        Trainer.train_step = dying  # type: ignore[method-assign]
+    _worker(rank, world, port, overrides, kwargs)
+
+
+def test_dead_rank_ends_the_job_and_rerun_resumes(overrides: list[str]) -> None:
+    args = overrides + ["pipeline.name=dies"]
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_dying_worker, args=(2, _free_port(), args, {"until": "train_cam"}), nprocs=2,
+                 join=True)
+    runs = Path(overrides[1].split("=", 1)[1])
+    assert (runs / "dies/train_cam/last.pt").is_file()  # epoch 1 was checkpointed
+    assert not (runs / "dies/train_cam/manifest.json").exists()
+    _run(2, args, until="train_cam")
+    history = json.loads((runs / "dies/train_cam/history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
