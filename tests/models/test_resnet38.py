@@ -20,6 +20,10 @@ from wsss.models.resnet38 import (
 TINY = (4, 8, 8, 16, 16, 16, 32)
 
 
+def test_registered() -> None:
+    assert "resnet38" in BACKBONES.names() and "vgg16" in BACKBONES.names()
+
+
 def test_forward_shapes_at_output_stride_8() -> None:
     net = ResNet38Backbone(widths=TINY).eval()
     with torch.no_grad():
@@ -29,6 +33,7 @@ def test_forward_shapes_at_output_stride_8() -> None:
     assert net.out_channels == [8, 16, 16, 32]
 
 
+@pytest.mark.slow
 def test_full_width_registered_backbone() -> None:
     assert "resnet38" in BACKBONES.names() and "vgg16" in BACKBONES.names()
     net = build_backbone("resnet38", output_stride=8, pretrained="none", frozen_bn=True).eval()
