@@ -27,8 +27,8 @@ from wsss.engine import distributed as dist
 from wsss.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from wsss.engine.trainer import Trainer
 from wsss.evaluation import evaluate_cams, evaluate_masks, write_result
-from wsss.io import DataError, load_cams, load_image, save_cams, save_mask, write_text
-from wsss.ops.cam import cams_to_mask, seeds_from_cams
+from wsss.io import load_cams, load_image, save_cams, save_mask, write_text
+from wsss.ops.cam import seeds_from_cams
 from wsss.pipeline.stages import Stage, StageContext, per_image
 from wsss.report.tensorboard import log_eval, train_logger
 
@@ -334,11 +334,6 @@ def _seed_one(args: tuple[str, str, str, dict[str, Any]]) -> None:
     save_mask(out_path, seeds)
 
 
-def threshold_masks(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
-    """CAMs (K, H, W) → uint8 mask at a constant background threshold."""
-    return np.asarray(cams_to_mask(cams, keys, bg_threshold=threshold)).astype(np.uint8)
-
-
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
     """The few numbers that go into a manifest and the final table."""
     if "fixed" in result:
@@ -372,10 +367,3 @@ def _plot_cam_eval(result: dict[str, Any], out_dir: Path, *, label: str) -> None
     if best:
         plot_threshold_histogram(best, out_dir / "best_threshold_hist.png",
                                  title="per-image optimal threshold")
-
-
-def load_cam_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """CAMs and keys, naming the file when it is missing (for stages reading another's output)."""
-    if not path.is_file():
-        raise DataError(f"CAM file missing: {path}")
-    return load_cams(path)

@@ -339,6 +339,7 @@ class OneStage(Method):
 
     name = "one_stage"
     config_cls = OneStageConfig
+    pseudo_mask_stage = "make_masks/masks_clean"  # what the final segnet trains on (1-Stage §4.3)
     train_keys = ("method.name", "method.gate", "method.psi", "method.gci",
                   "method.aspp_dilations", "method.head_channels", "method.focal", "method.focal_p",
                   "method.focal_lambda", "method.pamr", "method.pamr_iter",

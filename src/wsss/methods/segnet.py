@@ -30,6 +30,7 @@ from wsss.evaluation import evaluate_masks, write_result
 from wsss.io import DataError, save_mask, write_text
 from wsss.models.segnet import SegNet, build_segnet
 from wsss.pipeline.stages import Stage, StageContext, per_image
+from wsss.report.tensorboard import train_logger
 from wsss.predict import Predictor, crf_params
 
 __all__ = ["balanced_cross_entropy", "build_segnet_from_config", "segmentation_loss",
@@ -174,6 +175,7 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
         groups = [{"params": backbone, "lr": s.lr}, {"params": head, "lr": s.lr * s.head_lr_mult}]
         meta = segnet_checkpoint_meta(ctx.cfg, method.name, f"{source}/{folder}",
                                       dataset.class_names)
+        logger = train_logger(ctx)
         trainer = Trainer(
             model=model, step_fn=functools.partial(segnet_training_step, balanced=s.balanced_ce),
             param_groups=groups, dataset=dataset, out_dir=ctx.out_dir, device=ctx.device,
@@ -181,8 +183,11 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
             momentum=s.momentum, weight_decay=s.weight_decay, poly_power=s.poly_power, amp=s.amp,
             log_every=ctx.cfg.train.log_every, checkpoint_every=s.checkpoint_every,
             num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
+            logger=logger,
         )
         result = trainer.fit()
+        if logger is not None:
+            logger.close()
         if dist.is_main():
             save_checkpoint(ctx.out_dir / "model.pt", {"model": model.state_dict(), "meta": meta})
             write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
