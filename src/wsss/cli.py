@@ -140,12 +140,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from wsss.pipeline.runner import resolve_device
     from wsss.predict import list_images, load, output_names, overlay, to_rgb
 
-    predictor = load(args.checkpoint, device=resolve_device(args.device), scales=args.scales,
+    from wsss.engine import distributed as dist
+
+    device = resolve_device(args.device)
+    dist.init_from_env(device)  # under torchrun, each rank predicts every N-th image
+    predictor = load(args.checkpoint, device=device, scales=args.scales,
                      flip=args.flip, crf=args.crf, max_side=args.max_side)
     files = list_images(args.input)
+    pairs = dist.shard(list(zip(files, output_names(files))))
     out = Path(args.out)
     failed = []
-    for path, name in zip(files, output_names(files)):
+    for path, name in pairs:
         try:
             image = to_rgb(path)
         except DataError as exc:
@@ -156,7 +161,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         buffer = io.BytesIO()
         Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
         write_bytes(out / "overlays" / f"{name}.png", buffer.getvalue())
-    print(f"wrote {len(files) - len(failed)} masks to {out / 'masks'} and overlays to "
+    print(f"wrote {len(pairs) - len(failed)} masks to {out / 'masks'} and overlays to "
           f"{out / 'overlays'}")
     for message in failed:
         print(f"wsss: skipped {message}", file=sys.stderr)
