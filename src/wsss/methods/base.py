@@ -312,6 +312,16 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         on_epoch_start=on_epoch_start,
         logger=logger,
     )
+    return {"epochs": trainer.epochs, **finish_training(ctx, trainer, model, meta, logger)}
+
+
+def finish_training(ctx: StageContext, trainer: Trainer, model: nn.Module, meta: dict[str, Any],
+                    logger: Any) -> dict[str, Any]:
+    """Run `trainer`, then (rank 0) save `model.pt` with `meta` and `history.json`.
+
+    Returns:
+        steps and the last epoch's mean loss.
+    """
     result = trainer.fit()
     if logger is not None:
         logger.close()
@@ -320,7 +330,7 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
     dist.barrier()
     last = result.history[-1] if result.history else {}
-    return {"epochs": result.epochs, "steps": result.steps, "final_loss": last.get("loss")}
+    return {"steps": result.steps, "final_loss": last.get("loss")}
 
 
 def _seed_one(args: tuple[str, str, str, dict[str, Any]]) -> None:

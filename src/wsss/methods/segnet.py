@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 import numpy as np
@@ -24,9 +23,9 @@ from wsss.data import build_dataset
 from wsss.data.labels import IGNORE_INDEX
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform
 from wsss.engine import distributed as dist
-from wsss.engine.checkpoint import save_checkpoint
 from wsss.engine.trainer import Trainer
 from wsss.evaluation import evaluate_masks, write_result
+from wsss.methods.base import finish_training
 from wsss.io import DataError, save_mask, write_text
 from wsss.models.segnet import SegNet, build_segnet
 from wsss.pipeline.stages import Stage, StageContext, per_image
@@ -185,17 +184,8 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
             num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
             logger=logger,
         )
-        result = trainer.fit()
-        if logger is not None:
-            logger.close()
-        if dist.is_main():
-            save_checkpoint(ctx.out_dir / "model.pt", {"model": model.state_dict(), "meta": meta})
-            write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
-        dist.barrier()
-        last = result.history[-1] if result.history else {}
         return {"pseudo_masks": f"{source}/{folder}", "images": len(dataset),
-                "steps": result.steps,
-                "final_loss": last.get("loss")}
+                **finish_training(ctx, trainer, model, meta, logger)}
 
     return Stage(name, run, needs=(source,), depends_on=TRAIN_KEYS,
                  description=f"train {method.cfg.segnet.arch} on {source}/{folder} pseudo-masks")
