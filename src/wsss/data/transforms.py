@@ -152,6 +152,21 @@ def normalize_image(
     return image_to_tensor(normalize_array(image, mean, std))
 
 
+def scaled_views(image: np.ndarray, scale: float, *, flip: bool) -> torch.Tensor:
+    """One test-time view batch: the image rescaled (PIL bicubic, round() sizes), normalised,
+    stacked with its horizontal mirror when `flip`.
+
+    Args:
+        image: uint8 (H, W, 3).
+
+    Returns:
+        float32 (2 if flip else 1, 3, round(H·scale), round(W·scale)).
+    """
+    scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
+    x = normalize_image(scaled).unsqueeze(0)
+    return torch.cat([x, x.flip(-1)], dim=0) if flip else x
+
+
 # --------------------------------------------------------------------------------------------
 # Transform classes
 # --------------------------------------------------------------------------------------------

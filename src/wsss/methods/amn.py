@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import TrainConfig
-from wsss.data.transforms import normalize_image, pil_rescale
+from wsss.data.transforms import scaled_views
 from wsss.engine.checkpoint import load_checkpoint, load_model_state
 from wsss.io import DataError, load_mask, save_cams
 from wsss.losses import pcl_loss
@@ -110,9 +110,7 @@ def amn_cams(
     label_t = torch.as_tensor(labels, dtype=torch.float32, device=device)[None].repeat(2, 1)
     full_sum, small_sum = None, None
     for scale in scales:
-        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
-        x = normalize_image(scaled)[None].to(device)
-        logits = model(torch.cat([x, x.flip(-1)], dim=0), label_t)
+        logits = model(scaled_views(image, scale, flip=True).to(device), label_t)
         merged = ((logits[0] + logits[1].flip(-1)) / 2)[None].float()
         full = F.interpolate(merged, size=(height, width), mode="bilinear", align_corners=False)
         low = F.interpolate(merged, size=small, mode="bilinear", align_corners=False)
@@ -239,12 +237,7 @@ class Amn(Method):
     def stages(self) -> list[Stage]:
         cam = CamBaseline(self.cfg)  # stages 1-4 are the CAM baseline's, on this config
         return [
-            cam.data_stage(),
-            cam.train_stage("train_cam"),
-            cam.make_cam_stage("make_cam", "train_cam"),
-            cam.eval_cam_stage("eval_cam", "make_cam"),
-            cam.make_seeds_stage("make_seeds", "make_cam"),
-            cam.eval_masks_stage("eval_seeds", "make_seeds"),
+            *cam.cam_stages(),
             self.train_amn_stage("train_amn", "make_seeds", "train_cam"),
             self.make_amn_cam_stage("make_amn_cam", "train_amn", "make_seeds"),
             self.eval_cam_stage("eval_amn_cam", "make_amn_cam",

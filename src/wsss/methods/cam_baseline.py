@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.data.transforms import normalize_image, pil_rescale
+from wsss.data.transforms import scaled_views
 from wsss.methods import METHODS
 from wsss.methods.base import Method
 from wsss.models.backbones import build_backbone
@@ -55,11 +55,7 @@ def multiscale_cams(
     up = strided_up_size((height, width), stride)
     total = None
     for scale in scales:
-        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
-        x = normalize_image(scaled).unsqueeze(0).to(device)
-        if flip:
-            x = torch.cat([x, x.flip(-1)], dim=0)
-        maps = cam_fn(x)
+        maps = cam_fn(scaled_views(image, scale, flip=flip).to(device))
         merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
         merged = F.interpolate(merged[None].float(), size=up, mode="bilinear",
                                align_corners=False)[0, :, :height, :width]
@@ -107,6 +103,10 @@ class CamBaseline(Method):
         return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
 
     def stages(self) -> list[Stage]:
+        return self.cam_stages()
+
+    def cam_stages(self) -> list[Stage]:
+        """IRN's CAM and seed stages; methods that start from CAM + CRF seeds reuse them."""
         return [
             self.data_stage(),
             self.train_stage("train_cam"),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, pil_rescale
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, scaled_views
 from wsss.io import save_cams, save_mask
 from wsss.methods import METHODS
 from wsss.methods.base import Method
@@ -282,10 +282,7 @@ def merge_views(model: nn.Module, image: np.ndarray, *, scales: Sequence[float],
     height, width = image.shape[:2]
     total, count, scores = None, 0, None
     for scale in scales:
-        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
-        x = normalize_image(scaled).unsqueeze(0).to(device)
-        if flip:
-            x = torch.cat([x, x.flip(-1)], dim=0)
+        x = scaled_views(image, scale, flip=flip).to(device)
         out = model(x)
         masks = F.interpolate(out["masks"].float(), size=x.shape[-2:], mode="bilinear",
                               align_corners=True)
