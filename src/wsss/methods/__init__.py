@@ -14,7 +14,15 @@ def build_method(cfg: Any) -> Any:
     return METHODS.get(cfg.method.name)(cfg)
 
 
-# Importing the modules registers them.
-from wsss.methods import cam_baseline  # noqa: E402,F401
-from wsss.methods import one_stage  # noqa: E402,F401
-from wsss.methods import amn  # noqa: E402,F401
+def _import_all() -> None:
+    """Import every module of this package, so a new method is one new file that registers
+    itself (nothing else to edit)."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
