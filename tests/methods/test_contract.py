@@ -25,6 +25,7 @@ def test_one_step_and_one_inference(name: str) -> None:
         "image": torch.randn(2, 3, 64, 64),
         "labels": torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]]),
         "mask": torch.zeros(2, 64, 64, dtype=torch.long),
+        "saliency": torch.rand(2, 64, 64),
         "name": ["a", "b"], "index": torch.tensor([0, 1]),
     }
     model.train()
