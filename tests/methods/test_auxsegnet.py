@@ -177,13 +177,15 @@ def test_stage_layout_and_final_masks() -> None:
     assert method.pseudo_mask_stage == "labels_round4"
     stages = {s.name: s for s in method.stages()}
     assert stages["train_round1"].needs == ("labels_round1", "train_round0")
-    assert stages["train_round0"].needs == ("labels_round0",)  # model.pretrained
-    short = _method("method.num_rounds=1", "method.predict_every_round=false",
-                    "method.round0_init=cam", "method.round_init=initial")
-    stages = {s.name: s for s in short.stages()}
-    assert short.pseudo_mask_stage == "labels_round1"
-    assert "predict_round0" in stages and "train_round1" not in stages
     assert stages["train_round0"].needs == ("labels_round0", "train_cam")
+    short = _method("method.num_rounds=2", "method.predict_every_round=false",
+                    "method.round0_init=pretrained", "method.round_init=initial")
+    stages = {s.name: s for s in short.stages()}
+    assert short.pseudo_mask_stage == "labels_round2"
+    assert "predict_round0" not in stages and "predict_round1" in stages
+    assert "train_round2" not in stages
+    assert stages["train_round0"].needs == ("labels_round0",)  # model.pretrained
+    assert stages["train_round1"].needs == ("labels_round1",)
     segnet = _method("segnet.enabled=true")
     assert [s.name for s in segnet.stages()][-3:] == ["train_segnet", "predict_val", "eval_val"]
 

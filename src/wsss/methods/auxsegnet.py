@@ -100,10 +100,12 @@ class AuxSegNetConfig:
     head_dilations: list[int] = field(default_factory=lambda: [6, 12, 18])
     cls_dropout: float = 0.5
     freeze_first_conv: bool = True  # conv1a (ResNet-38) / conv1 + bn1 (ResNet), with weights
-    # Initial weights: round 0 from `model.pretrained` ("pretrained") or from the trained CAM
-    # network's backbone and classifier ("cam"); round s > 0 from round s − 1 ("previous",
-    # auxsegnet.md §1) or afresh like round 0 ("initial", what `train_AuxAff.py` does alone).
-    round0_init: str = "pretrained"
+    # Initial weights: round 0 from the trained CAM network's backbone and classifier ("cam":
+    # the official `--init_weights` are loaded non-strictly, and the ResNet-38 classification
+    # weights the README links fill the backbone and fc8) or from `model.pretrained` alone
+    # ("pretrained"); round s > 0 from round s − 1 ("previous", auxsegnet.md §1) or afresh like
+    # round 0 ("initial", what `train_AuxAff.py` does when run alone).
+    round0_init: str = "cam"
     round_init: str = "previous"
     round_train: TrainConfig = field(default_factory=_round_train_defaults)
     # Losses (`train_AuxAff.py`): L = cls + sal (initial + refined) + seg (initial + refined).
@@ -398,10 +400,7 @@ class AuxSegNet(Method):
                                  saliency=saliency,
                                  saliency_label_threshold=c.saliency_label_threshold)
         weights = {"cls": c.cls_loss_weight, "sal": c.sal_loss_weight, "seg": c.seg_loss_weight}
-        weighted = {k: weights[k.split("_")[0]] * v for k, v in terms.items()}
-        if "cams" in out:  # the CAMs share fc8 with the classifier: keep the graph complete
-            weighted["cls"] = weighted["cls"] + out["cams"].sum() * 0.0
-        return weighted
+        return {k: weights[k.split("_")[0]] * v for k, v in terms.items()}
 
     def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
