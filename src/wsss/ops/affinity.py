@@ -22,7 +22,12 @@ __all__ = [
     "PathIndex",
     "affinity_from_boundary",
     "affinity_labels",
+    "affinity_seed_labels",
+    "background_stack",
     "downsample_labels",
+    "feature_affinity",
+    "feature_pair_affinity",
+    "neighbour_pairs",
     "pair_displacement",
     "search_directions",
 ]
@@ -196,3 +201,146 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     rows = ((torch.arange(h, device=labels.device) + 0.5) * big_h / h).floor().long()
     cols = ((torch.arange(w, device=labels.device) + 0.5) * big_w / w).floor().long()
     return labels[..., rows.clamp_max(big_h - 1), :][..., cols.clamp_max(big_w - 1)]
+
+
+# PSA / AffinityNet (arXiv:1803.10464): feature affinities and affinity labels from CAMs ---------
+# `jiwoon-ahn/psa: tool/pyutils.py get_indices_of_pairs` uses the same half-disc directions and
+# the same source window as `PathIndex` (radius 5: 34 directions, sources rows [0, h − 4), cols
+# [4, w − 4)), so `PathIndex` serves AffinityNet training as it serves IRN.
+
+
+def neighbour_pairs(size: tuple[int, int], radius: int, *, window: bool = False
+                    ) -> tuple[Tensor, Tensor]:
+    """Every pixel pair of an (h, w) map within `radius` (half-disc directions, each unordered
+    pair once).
+
+    Args:
+        size: (h, w).
+        radius: r ≥ 2 (PSA: 5).
+        window: True keeps only the pairs whose source lies in the `PathIndex` window (rows
+            [0, h − f), cols [f, w − f), f = ⌈r⌉ − 1), as PSA's `get_indices_of_pairs`, which its
+            random walk also uses; False keeps every pair with both ends inside the map.
+
+    Returns:
+        src int64 (P,), dst int64 (P,) flat row-major indices; with `window`, direction-major
+        in `PathIndex` order (src repeats `PathIndex.src_indices` once per direction).
+    """
+    h, w = int(size[0]), int(size[1])
+    if window:
+        index = PathIndex.build(radius, (h, w))
+        src = index.src_indices.repeat(index.num_directions)
+        return src, index.dst_indices.reshape(-1)
+    full = torch.arange(h * w, dtype=torch.int64).view(h, w)
+    srcs, dsts = [], []
+    for (dy, dx), _ in search_directions(radius):
+        y1 = h - dy
+        x0, x1 = max(0, -dx), w - max(0, dx)
+        if y1 <= 0 or x1 <= x0:
+            continue
+        srcs.append(full[:y1, x0:x1].reshape(-1))
+        dsts.append(full[dy:dy + y1, x0 + dx:x1 + dx].reshape(-1))
+    if not srcs:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    return torch.cat(srcs), torch.cat(dsts)
+
+
+def _feature_distance(diff: Tensor, dim: int, distance: str) -> Tensor:
+    if distance == "mean":
+        return diff.abs().mean(dim=dim)
+    if distance == "sum":
+        return diff.abs().sum(dim=dim)
+    raise ValueError(f"distance must be 'mean' or 'sum', got {distance!r}")
+
+
+def feature_affinity(features: Tensor, index: PathIndex, *, distance: str = "mean") -> Tensor:
+    """AffinityNet affinity a_ij = exp(−mean_c |f_c(i) − f_c(j)|) for every `index` pair.
+
+    PSA's code averages the channel differences ("mean"); the paper writes the L1 norm ("sum").
+
+    Args:
+        features: (B, C, h, w) affinity features.
+        index: `PathIndex` for (h, w).
+        distance: "mean" (official code) or "sum" (paper) over the channels.
+
+    Returns:
+        (B, D, S) affinities in (0, 1], directions in `index` order.
+    """
+    if tuple(features.shape[-2:]) != index.size:
+        raise ValueError(f"features are {tuple(features.shape[-2:])}, index is for {index.size}")
+    flat = features.reshape(*features.shape[:2], -1)
+    src = flat[..., index.src_indices.to(flat.device)].unsqueeze(2)  # (B, C, 1, S)
+    dst = flat[..., index.dst_indices.to(flat.device)]  # (B, C, D, S)
+    return torch.exp(-_feature_distance(src - dst, 1, distance))
+
+
+def feature_pair_affinity(features: Tensor, src: Tensor, dst: Tensor, *, distance: str = "mean",
+                          chunk: int = 32768) -> Tensor:
+    """a_ij = exp(−mean_c |f_c(i) − f_c(j)|) for listed pairs of one feature map.
+
+    Args:
+        features: (C, h, w) affinity features.
+        src: int64 (P,) flat indices into h·w.
+        dst: int64 (P,) flat indices.
+        distance: "mean" (official code) or "sum" (paper) over the channels.
+        chunk: pairs per gather (bounds the (C, chunk) temporaries; 448 channels × 32768 pairs
+            × 4 bytes ≈ 59 MB).
+
+    Returns:
+        (P,) affinities in (0, 1], dtype and device of `features`.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"features must be (C, h, w), got {tuple(features.shape)}")
+    flat = features.reshape(features.shape[0], -1)
+    src, dst = src.to(flat.device), dst.to(flat.device)
+    out = [torch.exp(-_feature_distance(flat[:, src[i:i + chunk]] - flat[:, dst[i:i + chunk]],
+                                        0, distance))
+           for i in range(0, src.numel(), chunk)]
+    return torch.cat(out) if out else flat.new_zeros(0)
+
+
+def background_stack(cams: Tensor, alpha: float) -> Tensor:
+    """PSA's [background; CAMs] stack with background = (1 − max_c cam_c)^α.
+
+    A large α shrinks the background (confident foreground), a small one grows it (PSA labels:
+    α_low 4 / α_high 32; walk: 16).
+
+    Args:
+        cams: (K, H, W) foreground CAMs in [0, 1]; K may be 0.
+        alpha: background power α.
+
+    Returns:
+        (K + 1, H, W), channel 0 the background; ones when K = 0.
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (K, H, W), got {tuple(cams.shape)}")
+    if cams.shape[0] == 0:
+        return cams.new_ones((1, *cams.shape[1:]))
+    bg = (1.0 - cams.amax(dim=0, keepdim=True)).clamp_min(0).pow(alpha)
+    return torch.cat([bg, cams], dim=0)
+
+
+def affinity_seed_labels(low: Tensor, high: Tensor, keys: Tensor) -> Tensor:
+    """AffinityNet training labels from the two background-power score stacks
+    (`jiwoon-ahn/psa: voc12/data.py ExtractAffinityLabelInRadius` inputs).
+
+    With la = argmax(low) (background power α_low: large background, so its foreground is
+    confident) and ha = argmax(high) (α_high: small background, so its background is confident),
+    a pixel gets keys[la]; 255 (unsure) where la says background; 0 where ha says background.
+
+    Args:
+        low: (K + 1, H, W) scores at α_low (e.g. CRF marginals), channel 0 the background.
+        high: (K + 1, H, W) scores at α_high, same channels.
+        keys: int64 (K + 1,) class index of each channel, keys[0] = 0.
+
+    Returns:
+        int64 (H, W) in {0} ∪ keys ∪ {255}.
+    """
+    if low.shape != high.shape or low.ndim != 3 or keys.shape != (low.shape[0],):
+        raise ValueError(f"low {tuple(low.shape)} and high {tuple(high.shape)} must be "
+                         f"(K + 1, H, W) with keys of length K + 1, got {tuple(keys.shape)}")
+    la = low.argmax(dim=0)
+    ha = high.argmax(dim=0)
+    labels = keys.to(la.device)[la]
+    labels = torch.where(la == 0, torch.full_like(labels, IGNORE_INDEX), labels)
+    return torch.where(ha == 0, torch.full_like(labels, BACKGROUND), labels)

@@ -1,14 +1,22 @@
-"""Random walk on boundary-derived affinities (IRN, arXiv:1904.05044), with a sparse transition.
+"""Sparse random walk on pixel-pair affinities, shared by IRN (arXiv:1904.05044) and PSA /
+AffinityNet (arXiv:1803.10464).
 
-IRN (`jiwoon-ahn/irn: misc/indexing.py propagate_to_edge`) builds a dense (N, N) affinity matrix
-for the N = h·w pixels of the stride-4 map, raises it to β, normalises every column to sum to one
-(T = A^β D⁻¹ with D the column sums), squares T `exp_times` times (T^(2^exp_times)) and computes
-vec(M*) = vec(M ⊙ (1 − B)) · T. The dense matrices need N² floats (≈1 GB for a 500×500 image,
-several times that while squaring). Here T is kept sparse — each pixel has at most 2D + 1
-neighbours (D directions of the radius-r half disc plus itself), stored as a CSR matrix — and
-the walk applies it `num_steps` times, which equals the dense power
-up to float rounding and needs O(N·D) memory.
-`transition_matrix_dense` / `random_walk_dense` are the dense reference.
+Both official codes build a dense (N, N) affinity matrix A for the N = h·w cells of a strided
+map — symmetric, unit diagonal, the given pair affinities off the diagonal — raise it to β,
+normalise every column to sum to one (T = A^β D⁻¹ with D the column sums), square T a fixed
+number of times (T^(2^exp_times), PSA's `logt`) and compute the row-vector product vec(M*) =
+vec(M) · T (`jiwoon-ahn/irn: misc/indexing.py propagate_to_edge`,
+`jiwoon-ahn/psa: infer_aff.py`). The dense matrices need N² floats (≈1 GB for a 500×500 image
+at stride 4, several times that while squaring). Here T is kept sparse — each pixel has at most
+2D + 1 neighbours (D directions of the radius-r half disc plus itself), stored as a CSR matrix —
+and the walk applies it `num_steps` times, which equals the dense power up to float rounding and
+needs O(N·D) memory.
+
+`random_walk_pairs` walks on any affinities given per pair (PSA: exp(−mean |f_i − f_j|) of
+AffinityNet features); `random_walk` is IRN's special case with a_ij = 1 − max of the boundary
+map along the path and the maps multiplied by (1 − B) first.
+`transition_matrix_dense` / `random_walk_dense` / `random_walk_pairs_dense` are the dense
+references.
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ from wsss.ops.affinity import search_directions
 
 __all__ = [
     "affinity_pairs",
+    "pair_transition_matrix",
     "random_walk",
     "random_walk_dense",
+    "random_walk_pairs",
+    "random_walk_pairs_dense",
     "transition_matrix",
     "transition_matrix_dense",
 ]
@@ -72,18 +83,61 @@ def affinity_pairs(boundary: Tensor, radius: int = 5) -> tuple[Tensor, Tensor, T
     return torch.cat(srcs), torch.cat(dsts), torch.cat(values)
 
 
+def _pair_entries(src: Tensor, dst: Tensor, affinity: Tensor, n: int, beta: float
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, values) of T = A^β D⁻¹ for the symmetric A with unit diagonal and
+    A[src, dst] = A[dst, src] = affinity; every column of T sums to one."""
+    diag = torch.arange(n, device=affinity.device)
+    rows = torch.cat([src, dst, diag])
+    cols = torch.cat([dst, src, diag])
+    weights = torch.cat([affinity, affinity,
+                         torch.ones(n, dtype=affinity.dtype, device=affinity.device)]).pow(beta)
+    colsum = torch.zeros(n, dtype=affinity.dtype, device=affinity.device).index_add_(0, cols,
+                                                                                     weights)
+    return rows, cols, weights / colsum[cols]
+
+
+def _check_pairs(src: Tensor, dst: Tensor, affinity: Tensor, n: int) -> None:
+    if not (src.ndim == dst.ndim == affinity.ndim == 1
+            and src.shape == dst.shape == affinity.shape):
+        raise ValueError(f"src, dst and affinity must be 1-D of one length, got "
+                         f"{tuple(src.shape)}, {tuple(dst.shape)}, {tuple(affinity.shape)}")
+    if src.numel() and (min(int(src.min()), int(dst.min())) < 0
+                        or max(int(src.max()), int(dst.max())) >= n):
+        raise ValueError(f"pair indices must lie in [0, {n})")
+
+
 def _transition_entries(boundary: Tensor, radius: int, beta: float
                         ) -> tuple[Tensor, Tensor, Tensor, int]:
     """(rows, cols, values, N) of T = A^β D⁻¹: symmetric A with unit diagonal, columns sum to 1."""
     b = _boundary_map(boundary)
     n = b.numel()
     src, dst, aff = affinity_pairs(b, radius)
-    diag = torch.arange(n, device=b.device)
-    rows = torch.cat([src, dst, diag])
-    cols = torch.cat([dst, src, diag])
-    weights = torch.cat([aff, aff, torch.ones(n, dtype=b.dtype, device=b.device)]).pow(beta)
-    colsum = torch.zeros(n, dtype=b.dtype, device=b.device).index_add_(0, cols, weights)
-    return rows, cols, weights / colsum[cols], n
+    return (*_pair_entries(src, dst, aff, n, beta), n)
+
+
+def pair_transition_matrix(src: Tensor, dst: Tensor, affinity: Tensor, num_nodes: int, *,
+                           beta: float) -> Tensor:
+    """Sparse transition T = A^β D⁻¹ from pair affinities (PSA `infer_aff.py`, IRN
+    `to_transition_matrix`, before the squaring).
+
+    A is symmetric (each pair sets A[i, j] and A[j, i]) with a unit diagonal, so every column has
+    a positive sum; listing a pair twice (in either order) adds its weight twice.
+
+    Args:
+        src: int64 (P,) flat node indices in [0, num_nodes).
+        dst: int64 (P,) flat node indices, the other end of each pair.
+        affinity: (P,) non-negative pair affinities (PSA: exp(−mean_c |f_c(i) − f_c(j)|)).
+        num_nodes: N, the number of nodes (h·w of the map).
+        beta: affinity exponent β (PSA: 8, IRN: 10).
+
+    Returns:
+        sparse COO (N, N), coalesced, dtype of `affinity`; every column sums to one.
+    """
+    _check_pairs(src, dst, affinity, num_nodes)
+    rows, cols, values = _pair_entries(src, dst, affinity, num_nodes, beta)
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes),
+                                   check_invariants=False).coalesce()
 
 
 def transition_matrix(boundary: Tensor, *, radius: int = 5, beta: float = 10.0) -> Tensor:
@@ -131,12 +185,46 @@ def random_walk(
     if cams.ndim != 3 or tuple(cams.shape[-2:]) != tuple(b.shape):
         raise ValueError(f"cams {tuple(cams.shape)} must be (K, h, w) with (h, w) = "
                          f"{tuple(b.shape)}")
+    src, dst, aff = affinity_pairs(b, radius)
+    return random_walk_pairs(cams * (1.0 - b), src, dst, aff, beta=beta, num_steps=num_steps)
+
+
+def random_walk_pairs(
+    cams: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    affinity: Tensor,
+    *,
+    beta: float,
+    num_steps: int,
+) -> Tensor:
+    """Walk maps on pair affinities: vec(M*) = vec(M) · T^t with sparse T = A^β D⁻¹.
+
+    A is symmetric with a unit diagonal (`pair_transition_matrix`); T's columns sum to one and
+    the maps are row vectors, so every walked value is a convex combination of input values
+    (maps in [0, 1] stay in [0, 1]). Memory is O(N + P), never O(N²).
+
+    Args:
+        cams: (K, h, w) non-negative maps (PSA: the 8×8-pooled [background; CAMs] stack).
+        src: int64 (P,) flat indices into the h·w cells (row-major).
+        dst: int64 (P,) flat indices of the other end of each pair.
+        affinity: (P,) non-negative pair affinities, same device as `cams`.
+        beta: affinity exponent β (PSA: 8).
+        num_steps: t, the number of transitions (PSA: 2 ** logt = 256; SEAM/ICAM 64).
+
+    Returns:
+        (K, h, w) walked maps, dtype and device of `cams`.
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (K, h, w), got {tuple(cams.shape)}")
     k, h, w = cams.shape
+    n = h * w
+    _check_pairs(src, dst, affinity, n)
     if k == 0:
         return cams.clone()
-    rows, cols, values, n = _transition_entries(b, radius, beta)
+    rows, cols, values = _pair_entries(src, dst, affinity.to(cams.dtype), n, beta)
     step = _transposed_csr(rows, cols, values, n)
-    y = (cams * (1.0 - b)).reshape(k, n).t().contiguous()
+    y = cams.reshape(k, n).t().contiguous()
     # Each step is a small sparse product; on the CPU, intra-op threads cost more in
     # synchronisation than they save (40× slower on a loaded 2-core machine), so use one.
     threads = torch.get_num_threads()
@@ -180,3 +268,17 @@ def random_walk_dense(cams: Tensor, boundary: Tensor, *, radius: int = 5, beta: 
     k, h, w = cams.shape
     trans = transition_matrix_dense(b, radius=radius, beta=beta, exp_times=exp_times)
     return ((cams * (1.0 - b)).reshape(k, h * w) @ trans).reshape(k, h, w)
+
+
+def random_walk_pairs_dense(cams: Tensor, src: Tensor, dst: Tensor, affinity: Tensor, *,
+                            beta: float, exp_times: int) -> Tensor:
+    """Dense reference of `random_walk_pairs` with t = 2 ** exp_times (PSA `infer_aff.py`:
+    dense A^β, column-normalised, squared `logt` times, applied as cam_vec @ T). O(N²) memory."""
+    k, h, w = cams.shape
+    n = h * w
+    rows, cols, values = _pair_entries(src, dst, affinity.to(cams.dtype), n, beta)
+    trans = torch.zeros((n, n), dtype=cams.dtype, device=cams.device)
+    trans.index_put_((rows, cols), values, accumulate=True)
+    for _ in range(exp_times):
+        trans = trans @ trans
+    return (cams.reshape(k, n) @ trans).reshape(k, h, w)
