@@ -171,12 +171,19 @@ def test_bad_values_name_the_key(key: str, value: str) -> None:
         build_method(cfg)
 
 
-def test_stages_end_with_the_contour_evaluated_cam_masks() -> None:
+def test_stages_cam_masks_then_affinitynet() -> None:
+    cam = ["data", "train_cam", "make_cam", "eval_cam", "make_cam_masks", "eval_cam_masks"]
+    aff = ["make_aff_labels", "eval_aff_labels", "train_affinitynet", "make_aff_masks",
+           "eval_aff_masks"]
     method = build_method(load_config(None, TINY))
+    assert [s.name for s in method.stages()] == cam + aff
+    assert method.pseudo_mask_stage == "make_aff_masks"
+    assert method.mcfg.affinitynet.low_alpha == 2.0 and method.mcfg.affinitynet.num_steps == 64
+    method = build_method(load_config(None, TINY + ["method.affinitynet_refine=false",
+                                                    "segnet.enabled=true"]))
     names = [s.name for s in method.stages()]
-    assert names == ["data", "train_cam", "make_cam", "eval_cam", "make_cam_masks",
-                     "eval_cam_masks"]
-    assert method.pseudo_mask_stage in names
+    assert names == cam + ["train_segnet", "predict_val", "eval_val"]
+    assert method.pseudo_mask_stage == "make_cam_masks"
 
 
 @pytest.mark.slow
