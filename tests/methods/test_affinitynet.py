@@ -90,7 +90,7 @@ def test_crf_labels_follow_a_confident_square() -> None:
     assert (labels[:4, :4] == 0).all() and (labels[-4:, -4:] == 0).all()
 
 
-# Pair labels ------------------------------------------------------------------------------------------
+# Pair labels --------------------------------------------------------------------------------------
 
 def _psa_pairs(h: int, w: int, radius: int = 5) -> list[tuple[int, int]]:
     """PSA `get_indices_of_pairs`, written out: directions (0, x) x = 1..r-1 and (y, x),
@@ -145,7 +145,7 @@ def test_pair_labels_match_psa_rule() -> None:
     assert got == want and all(want.values())
 
 
-# Loss, model, one training step -----------------------------------------------------------------------
+# Loss, model, one training step -------------------------------------------------------------------
 
 def test_loss_known_answer() -> None:
     aff = torch.tensor([[[0.5, 0.9, 0.2, 0.7]]])
@@ -235,7 +235,7 @@ def test_one_training_step_is_finite_and_trains_everything() -> None:
                                radius=5)
 
 
-# Random walk inference --------------------------------------------------------------------------------
+# Random walk inference ----------------------------------------------------------------------------
 
 class _TwoRegions(nn.Module):
     """Stand-in AffinityNet: features 0 left of column `cut` (stride-8 cells), 50 right of it."""
@@ -291,7 +291,7 @@ def test_walk_without_classes_and_with_a_background_channel() -> None:
     assert set(np.unique(mask2).tolist()) <= {0, 6}
 
 
-# Stages -----------------------------------------------------------------------------------------------
+# Stages -------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_stages_end_to_end_and_walk_rerun(smoke_overrides: list[str]) -> None:
@@ -321,3 +321,21 @@ def test_stages_end_to_end_and_walk_rerun(smoke_overrides: list[str]) -> None:
     changed = load_config(SMOKE, overrides + ["method.affinitynet.beta=4"])
     again = {o.name: o.status for o in run_pipeline(changed).outcomes}
     assert [s for s in stages if again[s] == "ran"] == ["make_aff_masks", "eval_aff_masks"]
+
+
+@pytest.mark.slow
+def test_resnet38_affinitynet_and_classifier_freeze_psa_layers() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/voc/cam_affinitynet.yaml",
+                      ["model.pretrained=none"])
+    net = build_affinitynet(cfg)
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert "backbone.conv1a.weight" in frozen and "backbone.b2_2.conv_branch2b1.weight" in frozen
+    assert "backbone.b3.conv_branch2a.weight" not in frozen
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 3, 64, 80)).shape == (1, 448, 8, 10)
+    from wsss.methods import build_method
+
+    classifier = build_method(cfg).build_model(20)
+    frozen_cls = {n for n, p in classifier.named_parameters() if not p.requires_grad}
+    assert "backbone.conv1a.weight" in frozen_cls
+    assert "backbone.b3.conv_branch2a.weight" not in frozen_cls

@@ -1,4 +1,5 @@
-"""Random walk: column-stochastic transition, sparse iteration equals the dense power."""
+"""Random walk: column-stochastic transition, sparse iteration equals the dense power, for
+boundary (IRN) and feature (PSA / AffinityNet) affinities."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import sys
 import pytest
 import torch
 
+from wsss.ops.affinity import feature_pair_affinity, neighbour_pairs
 from wsss.ops.random_walk import (
     affinity_pairs,
+    pair_transition_matrix,
     random_walk,
     random_walk_dense,
+    random_walk_pairs,
+    random_walk_pairs_dense,
     transition_matrix,
     transition_matrix_dense,
 )
@@ -72,3 +77,81 @@ def test_500px_image_walk_stays_under_2gb() -> None:
                             check=True)
     peak_kb = int(result.stdout.strip().splitlines()[-1])
     assert peak_kb < 2 * 1024 * 1024
+
+
+# Pair affinities (PSA / AffinityNet) --------------------------------------------------------------
+
+def _feature_pairs(h: int, w: int, *, window: bool, dtype: torch.dtype = torch.float64
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    features = torch.rand(6, h, w, generator=gen, dtype=dtype)
+    features[:, :, w // 2:] += 1.5  # two regions with low affinity between them
+    src, dst = neighbour_pairs((h, w), 5, window=window)
+    return src, dst, feature_pair_affinity(features, src, dst)
+
+
+def test_pair_transition_two_nodes_known_answer() -> None:
+    # A = [[1, a], [a, 1]] → T = A / (1 + a) (β = 1); one step from [1, 0] gives [1, a] / (1 + a).
+    a = 0.25
+    src, dst, aff = torch.tensor([0]), torch.tensor([1]), torch.tensor([a], dtype=torch.float64)
+    trans = pair_transition_matrix(src, dst, aff, 2, beta=1.0).to_dense()
+    torch.testing.assert_close(trans, torch.tensor([[1, a], [a, 1]], dtype=torch.float64) / (1 + a))
+    cams = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    out = random_walk_pairs(cams, src, dst, aff, beta=1.0, num_steps=1)
+    torch.testing.assert_close(out, torch.tensor([[[1.0, a]]], dtype=torch.float64) / (1 + a))
+    # β sharpens: a^β with β = 2.
+    out2 = random_walk_pairs(cams, src, dst, aff, beta=2.0, num_steps=1)
+    torch.testing.assert_close(out2[0, 0, 1], torch.tensor(a * a / (1 + a * a),
+                                                             dtype=torch.float64))
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_feature_transition_columns_sum_to_one_with_unit_diagonal(window: bool) -> None:
+    h, w = 7, 12
+    src, dst, aff = _feature_pairs(h, w, window=window)
+    trans = pair_transition_matrix(src, dst, aff, h * w, beta=8.0).to_dense()
+    torch.testing.assert_close(trans.sum(0), torch.ones(h * w, dtype=torch.float64))
+    assert torch.all(trans >= 0)
+    # Before normalisation A is symmetric with a unit diagonal: T · D = A.
+    colsum = 1.0 / torch.diagonal(trans)  # A_jj = 1, so T_jj = 1 / D_j
+    a_mat = trans * colsum[None, :]
+    torch.testing.assert_close(a_mat, a_mat.t())
+    torch.testing.assert_close(torch.diagonal(a_mat), torch.ones(h * w, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("window", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_feature_walk_matches_dense_power(window: bool, dtype: torch.dtype) -> None:
+    h, w = 8, 13
+    src, dst, aff = _feature_pairs(h, w, window=window, dtype=dtype)
+    cams = torch.rand(3, h, w, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    sparse = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=64)
+    dense = random_walk_pairs_dense(cams, src, dst, aff, beta=8.0, exp_times=6)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(sparse, dense, rtol=tol, atol=tol)
+    assert sparse.min() >= 0 and sparse.max() <= 1 + tol  # convex combinations of the input
+
+
+def test_irn_walk_is_the_pair_walk_on_boundary_affinities() -> None:
+    b = _boundary(9, 10)
+    cams = torch.rand(2, 9, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    src, dst, aff = affinity_pairs(b, radius=5)
+    expected = random_walk_pairs(cams * (1 - b), src, dst, aff, beta=10.0, num_steps=32)
+    assert torch.equal(random_walk(cams, b, radius=5, beta=10.0, num_steps=32), expected)
+
+
+def test_constant_maps_stay_constant_on_feature_affinities() -> None:
+    src, dst, aff = _feature_pairs(6, 11, window=True)
+    cams = torch.full((2, 6, 11), 0.3, dtype=torch.float64)
+    out = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=16)
+    torch.testing.assert_close(out, cams)
+
+
+def test_pair_walk_rejects_bad_pairs() -> None:
+    cams = torch.rand(1, 3, 3)
+    with pytest.raises(ValueError, match="pair indices"):
+        random_walk_pairs(cams, torch.tensor([0]), torch.tensor([9]), torch.ones(1), beta=1.0,
+                          num_steps=1)
+    with pytest.raises(ValueError, match="one length"):
+        random_walk_pairs(cams, torch.tensor([0, 1]), torch.tensor([2]), torch.ones(1), beta=1.0,
+                          num_steps=1)

@@ -36,6 +36,7 @@ from wsss.methods.cam_baseline import CamBaseline, CamBaselineConfig
 from wsss.methods.irn import seed_dataset
 from wsss.models.affinitynet import AffinityNet
 from wsss.models.backbones import build_backbone
+from wsss.models.cam_classifier import CamClassifier
 from wsss.ops.affinity import (
     PathIndex,
     affinity_labels,
@@ -441,6 +442,21 @@ class AffinityNetMethod(CamBaseline):
     name = "affinitynet"
     config_cls = AffinityNetMethodConfig
     pseudo_mask_stage = "make_aff_masks"
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The CAM baseline's classifier; on ResNet-38 with `model.frozen_bn`, PSA's
+        `not_training` layers (conv1a, b2, b2_1, b2_2) are frozen instead of a ResNet stem."""
+        m = self.cfg.model
+        if m.backbone != "resnet38":
+            return super().build_model(num_classes)
+        backbone = build_backbone(m.backbone, output_stride=m.output_stride,
+                                  pretrained=m.pretrained, frozen_bn=m.frozen_bn)
+        if m.frozen_bn:
+            for name, p in backbone.named_parameters():
+                if name.startswith(_FROZEN_PREFIXES["resnet38"]):
+                    p.requires_grad_(False)
+        return CamClassifier(backbone=backbone, num_classes=num_classes,
+                             detach_stages=self.mcfg.detach_stages)
 
     def stages(self) -> list[Stage]:
         cam = [s for s in self.cam_stages() if s.name not in ("make_seeds", "eval_seeds")]
