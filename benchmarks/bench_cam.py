@@ -1,0 +1,158 @@
+"""CAM generation (IRN recipe: ResNet-50 at output stride 16, scales 1.0/0.5/1.5/2.0 + flip) on a
+375x500 image: `CamBaseline.infer_cams` against the official-style loop, and both against the
+measured fp32 matmul rate.
+
+The reference follows `jiwoon-ahn/irn: step/make_cam.py` with `net/resnet50_cam.py CAM`: per
+scale, the rescaled image and its mirror as a batch of two in NCHW through the eval-mode network
+(BatchNorm as a separate op), CAMs = ReLU(1x1 conv), image + unflipped mirror, bilinear to the
+stride-16-rounded size, cropped, summed over scales, then max-normalised for the present classes.
+FLOPs are counted over the convolutions (2 · MACs, from forward hooks); efficiency is
+FLOP / time / matmul rate, with the rate of a 2048² fp32 matmul measured in this process right
+before each timing round. Random weights: the cost of a forward pass does not depend on them.
+Usage:
+
+    python benchmarks/bench_cam.py [--repeats 3] [--bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Row, agreement, format_table, header, matmul_gflops, measure  # noqa: E402
+
+from wsss.config import load_config  # noqa: E402
+from wsss.data.transforms import normalize_image, pil_rescale  # noqa: E402
+from wsss.methods import build_method  # noqa: E402
+from wsss.ops.cam import strided_up_size  # noqa: E402
+
+SCALES = (1.0, 0.5, 1.5, 2.0)
+
+
+def cams_reference(model, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """IRN `make_cam` (high-res branch) with the model as IRN runs it."""
+    height, width = image.shape[:2]
+    up = strided_up_size((height, width), 16)
+    outputs = []
+    for scale in SCALES:
+        scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
+        x = normalize_image(scaled)
+        pair = torch.stack([x, x.flip(-1)])  # IRN's dataset stacks image and mirror
+        feats = model.features(pair)
+        cam = F.relu(F.conv2d(feats, model.classifier.weight))
+        outputs.append(cam[0] + cam[1].flip(-1))
+    high = torch.stack([F.interpolate(o[:, None], up, mode="bilinear", align_corners=False)
+                        for o in outputs]).sum(0)[:, 0, :height, :width]
+    valid = torch.from_numpy(np.flatnonzero(labels))
+    high = high[valid]
+    high = high / (F.adaptive_max_pool2d(high, (1, 1)) + 1e-5)
+    return high.numpy()
+
+
+def conv_flops(model, image: np.ndarray) -> int:
+    """FLOPs (2 · multiply-adds) of every convolution over the 4 scales x flip."""
+    total = [0]
+
+    def hook(module, _inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total[0] += 2 * output.numel() * module.in_channels // module.groups * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            for scale in SCALES:
+                scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
+                x = normalize_image(scaled)
+                model.cams(torch.stack([x, x.flip(-1)]))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def make_inputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (12, 16, 3)).repeat(32, 0).repeat(32, 1)[:375, :500]
+    image = np.clip(blocks + rng.normal(0, 8, blocks.shape), 0, 255).astype(np.uint8)
+    labels = np.zeros(20, dtype=np.float32)
+    labels[[4, 14]] = 1
+    return image, labels
+
+
+def run(repeats: int = 3, bf16: bool = False) -> list[Row]:
+    torch.manual_seed(0)
+    image, labels = make_inputs()
+    cfg = load_config("configs/voc/cam_baseline.yaml", ["model.pretrained=none"])
+    method = build_method(cfg)
+    model = method.build_model(20).eval()
+    flops = conv_flops(model, image)
+    rows = []
+    ours_t, ref_t, rates = [], [], []
+    with torch.inference_mode():
+        method.infer_cams(model, image, labels)  # warm-up
+        for _ in range(repeats):
+            rates.append(matmul_gflops())
+            began = time.perf_counter()
+            ref = cams_reference(model, image, labels)
+            ref_t.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            cams, _ = method.infer_cams(model, image, labels)
+            ours_t.append(time.perf_counter() - began)
+        rates.append(matmul_gflops())
+        m_ours = measure(lambda: method.infer_cams(model, image, labels), repeats=1, warmup=0)
+        m_ref = measure(lambda: cams_reference(model, image, labels), repeats=1, warmup=0)
+    rate = float(np.median(rates))
+    ours_s, ref_s = float(np.median(ours_t)), float(np.median(ref_t))
+    eff = flops / 1e9 / ours_s / rate
+    ref_eff = flops / 1e9 / ref_s / rate
+    agree = agreement(cams, ref, class_dim=0)
+    assert agree["argmax_equal"] and agree["max_abs_diff"] < 1e-4, agree
+    ratio = float(np.median([r / o for r, o in zip(ref_t, ours_t)]))
+    rows.append(Row("CAMs R50 4 scales+flip 375x500", ours_s, ref_s, ">= 85% matmul",
+                    eff >= 0.85, m_ours.peak_mb, m_ref.peak_mb,
+                    f"max|Δ| {agree['max_abs_diff']:.1e}, argmax same",
+                    f"{flops / 1e9:.0f} GFLOP, matmul {rate:.0f} GFLOP/s, efficiency "
+                    f"{eff:.0%} (ref {ref_eff:.0%})", ratio_value=ratio))
+    if bf16:
+        rows.append(_bf16_row(method, model, image, labels, cams, ours_s, repeats))
+    return rows
+
+
+def _bf16_row(method, model, image, labels, cams32, fp32_s, repeats) -> Row:
+    """The same inference under CPU bf16 autocast: time, and its difference from fp32."""
+    times = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        method.infer_cams(model, image, labels)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            cams, _ = method.infer_cams(model, image, labels)
+            times.append(time.perf_counter() - began)
+    seconds = float(np.median(times))
+    agree = agreement(cams.astype(np.float32), cams32, class_dim=0)
+    fg32 = (cams32.max(0) > 0.15) * (cams32.argmax(0) + 1)
+    fg16 = (cams.max(0) > 0.15) * (cams.argmax(0) + 1)
+    return Row("CAMs bf16 autocast (vs fp32)", seconds, fp32_s, "optional", None, None, None,
+               f"max|Δ| {agree['max_abs_diff']:.1e}, mask@0.15 differs on "
+               f"{(fg32 != fg16).mean():.2%} px", "ratio = fp32 time / bf16 time",
+               ratio_value=fp32_s / seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast inference")
+    args = parser.parse_args()
+    print(header("CAM generation"))
+    print(format_table(run(args.repeats, args.bf16)))
+
+
+if __name__ == "__main__":
+    main()
