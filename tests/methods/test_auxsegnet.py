@@ -12,7 +12,7 @@ import torch
 from wsss.config import ConfigError, load_config
 from wsss.methods import build_method
 from wsss.methods import auxsegnet as aux_module
-from wsss.methods.auxsegnet import AuxSegNet, AuxSegNetNet
+from wsss.methods.auxsegnet import AuxSegNet
 from wsss.ops.cross_task_affinity import propagate
 from wsss.pipeline.artifacts import read_manifest
 
@@ -206,6 +206,8 @@ def test_round0_init_from_cam_network(tmp_path: Path) -> None:
 def _pipeline_overrides(root: Path, workdir: Path) -> list[str]:
     return [f"data.root={root}", f"pipeline.workdir={workdir}", "pipeline.device=cpu",
             "pipeline.report=false", "pipeline.tensorboard=false", "eval.plots=false",
+            "data.synthetic.num_train=24", "data.synthetic.num_val=8",
+            "data.synthetic.image_size=48",
             "train.epochs=1", "train.batch_size=8", "train.crop_size=48",
             "train.resize_long=[40,56]", "method.cam_scales=[1.0]", "method.num_rounds=2",
             "method.round_train.epochs=1", "method.round_train.batch_size=8",

@@ -96,8 +96,10 @@ def test_fuse_cam_saliency_rules_on_hand_made_example() -> None:
     sal = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.5, 0.06, 0.01, 0.0]]])
     labels = torch.tensor([[1.0, 1.0, 0.0]])
     masks = fuse_cam_saliency(cams, sal, labels)
-    expected = torch.tensor([[[1, 2, 255, 255],   # both; both (class 2 wins); sal only; absent
-                              [2, 255, 0, 255]]])  # both; sal 0.06 is not > 0.06; 0.2 is not > 0.2; cam
+    # Row 0: both; both (class 2 wins); saliency only; the absent class does not count.
+    # Row 1: both; CAM only (0.06 is not > 0.06); neither (0.2 is not > 0.2); CAM only.
+    expected = torch.tensor([[[1, 2, 255, 255],
+                              [2, 255, 0, 255]]])
     assert masks.dtype == torch.int64
     torch.testing.assert_close(masks, expected)
     # The 4-D saliency form and other thresholds.

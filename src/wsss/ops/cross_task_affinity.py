@@ -219,7 +219,8 @@ def auxsegnet_losses(
     size = tuple(masks.shape[-2:])
     terms: dict[str, Tensor] = {}
     if "cls" in outputs:
-        terms["cls"] = F.multilabel_soft_margin_loss(outputs["cls"], labels.to(outputs["cls"].dtype))
+        logits = outputs["cls"]
+        terms["cls"] = F.multilabel_soft_margin_loss(logits, labels.to(logits.dtype))
     target = (saliency > saliency_label_threshold).to(torch.float32)[:, None]
     for key in ("sal_init", "sal_refined"):
         if key in outputs:
