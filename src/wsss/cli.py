@@ -303,16 +303,35 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from wsss.config import ConfigError
     from wsss.engine.checkpoint import CheckpointError
+    from wsss.engine.trainer import TrainingError
     from wsss.io import DataError
     from wsss.pipeline.artifacts import ManifestError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ManifestError, FileNotFoundError,
+    except (ConfigError, DataError, CheckpointError, ManifestError, TrainingError, OSError,
             ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"wsss: error: {message}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"wsss: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """Clear the progress bars an error interrupted, so the message gets a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing message of an expected error: the file first for OS errors (disk full,
+    permission denied), the key for a KeyError."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc)
 
 
 if __name__ == "__main__":

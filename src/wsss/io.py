@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+import multiprocessing
 import os
+import signal
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -32,20 +34,57 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
     """Open a temporary sibling of `path` for writing and move it onto `path` on success.
 
     On any exception the temporary file is removed and `path` is left untouched.
+
+    Raises:
+        OSError: the folder cannot be created or written, or the disk is full; re-raised with
+            the same errno (so `PermissionError` stays one) and `filename` set to `path`, the
+            output name, never the temporary one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_MARK + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_MARK + path.name + ".", dir=path.parent)
+    except OSError as exc:
+        _raise_named(exc, path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _test_kill_hook()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_named(exc, path)
         raise
+
+
+def _raise_named(exc: OSError, path: Path) -> None:
+    """Re-raise an error of the temporary file (a write to its descriptor names no file) as an
+    OSError of the same errno (and subclass) naming `path`; an error naming another file (the
+    folder, or a file the caller's block reads) is re-raised unchanged."""
+    if exc.errno is None or not (exc.filename is None or is_temporary(exc.filename)):
+        raise exc
+    raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+
+
+# Test hook, read only by tests/pipeline/test_kill_resume.py: with WSSS_TEST_KILL_AT_WRITE=N in
+# the environment, the main process SIGKILLs itself during its N-th atomic write, when the
+# temporary file is complete but not yet moved into place. Worker processes never fire it.
+KILL_AT_WRITE_ENV = "WSSS_TEST_KILL_AT_WRITE"
+_writes_done = 0
+
+
+def _test_kill_hook() -> None:
+    global _writes_done
+    at = os.environ.get(KILL_AT_WRITE_ENV)
+    if not at or multiprocessing.parent_process() is not None:
+        return
+    _writes_done += 1
+    if _writes_done == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_temporary(path: str | Path) -> bool:

@@ -35,10 +35,18 @@ def ensure_synthetic(cfg: DataConfig) -> None:
                 f"(data.synthetic.*); choose another data.root or delete {root}"
             )
         return
-    if root.is_dir() and any(root.iterdir()):
+    if root.is_dir() and any(root.iterdir()) and not _interrupted_generation(root):
         return  # a user's own VOC-layout data under a synthetic preset
     log.info("generating synthetic data at %s (%s)", root, wanted)
     generate(root, **wanted)
+
+
+def _interrupted_generation(root: Path) -> bool:
+    """True for a root where `generate` was killed: its folders and only its own image names,
+    but no meta.json (written last). Generating again overwrites the same files."""
+    images = root / "JPEGImages"
+    return ((root / "SaliencyMaps").is_dir() and images.is_dir()
+            and all(p.name.startswith(("syn_", ".tmp-")) for p in images.iterdir()))
 
 
 def prepare_data(cfg: DataConfig) -> dict[str, Any]:

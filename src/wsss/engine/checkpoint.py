@@ -19,37 +19,52 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` and its sha256 to `path.sha256`, both atomically.
+    """Write `state` to `path` and its sha256 to `path.sha256`, each atomically.
 
-    The checkpoint is written first and the digest second; a reader that finds a digest that does
-    not match refuses the file, so a crash between the two writes is detected, not trusted.
+    Two files cannot be replaced at once, so the digest file lists every digest the checkpoint
+    may have while it is being replaced: first the old digests plus the new one, then the
+    checkpoint, then the new digest alone. A process killed at any point leaves a checkpoint
+    (old or new) whose digest is listed; a corrupt or edited file matches none.
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
     path = Path(path)
+    digest_file = _digest_path(path)
+    digest = hashlib.sha256(data).hexdigest()
+    previous = _listed_digests(digest_file)
+    if previous and previous != [digest]:
+        write_text(digest_file, "".join(d + "\n" for d in [*previous, digest]))
     write_bytes(path, data)
-    write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    write_text(digest_file, digest + "\n")
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _listed_digests(digest_file: Path) -> list[str]:
+    if not digest_file.is_file():
+        return []
+    return [line.strip() for line in digest_file.read_text().splitlines() if line.strip()]
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, verifying its sha256 when present.
 
     Raises:
-        CheckpointError: missing file, digest mismatch (corrupt or half-written), unreadable data.
+        CheckpointError: missing file, digest mismatch (corrupt or edited), unreadable data.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     data = path.read_bytes()
-    digest_file = path.with_name(path.name + ".sha256")
-    if digest_file.is_file():
-        expected = digest_file.read_text().strip()
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise CheckpointError(
-                f"{path}: sha256 does not match {digest_file.name}; the checkpoint is corrupt "
-                "or half-written, refusing to load it"
-            )
+    digest_file = _digest_path(path)
+    if digest_file.is_file() and hashlib.sha256(data).hexdigest() not in _listed_digests(digest_file):
+        raise CheckpointError(
+            f"{path}: sha256 does not match {digest_file.name}; the checkpoint is corrupt "
+            "or was modified, refusing to load it"
+        )
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as exc:

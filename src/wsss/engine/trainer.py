@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from wsss.engine import distributed as dist
-from wsss.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from wsss.engine.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 log = logging.getLogger("wsss")
 
@@ -226,6 +232,9 @@ class Trainer:
         self.step_in_epoch = 0
         self.global_step = 0
         self.history: list[dict[str, float]] = []
+        # Loss sums over this epoch's steps so far; checkpointed, so an epoch resumed midway
+        # logs the mean over all its steps, as an uninterrupted one does.
+        self.epoch_sums: dict[str, float] = {}
 
     @property
     def last_path(self) -> Path:
@@ -241,6 +250,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "history": self.history,
+            "epoch_sums": self.epoch_sums,
             "rng": rng_state(),
             "meta": self.meta,
         }
@@ -255,7 +265,7 @@ class Trainer:
         if not self.last_path.is_file():
             return False
         state = load_checkpoint(self.last_path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        load_model_state(self.model, state["model"], str(self.last_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -263,6 +273,7 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.history = state["history"]
+        self.epoch_sums = state.get("epoch_sums", {})
         set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d step %d", self.last_path, self.epoch + 1,
                  self.step_in_epoch)
@@ -311,8 +322,8 @@ class Trainer:
         while self.epoch < self.epochs:
             if self.on_epoch_start is not None:
                 self.on_epoch_start(self.epoch)
-            sums: dict[str, float] = {}
-            count = 0
+            if self.step_in_epoch == 0:
+                self.epoch_sums = {}
             bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                        disable=not dist.is_main())
@@ -321,9 +332,8 @@ class Trainer:
                 values = self.train_step(batch)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                count += 1
                 for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
                 if self.global_step % max(self.log_every, 1) == 0:
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self.logger is not None:
@@ -333,7 +343,7 @@ class Trainer:
                     self.save()
                 if self.global_step >= self.max_steps:
                     break
-            means = {k: v / max(count, 1) for k, v in sums.items()}
+            means = {k: v / max(self.step_in_epoch, 1) for k, v in self.epoch_sums.items()}
             means["lr"] = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": self.epoch + 1, **means})
             log.info("epoch %d/%d  %s", self.epoch + 1, self.epochs,

@@ -19,7 +19,7 @@ import torch
 
 from wsss.config import RunConfig, dump_config, select, to_dict
 from wsss.engine import distributed as dist
-from wsss.io import write_text
+from wsss.io import remove_temporaries, write_text
 from wsss.pipeline.artifacts import (
     fingerprint,
     read_in_progress,
@@ -65,14 +65,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch with `seed + rank`; optionally force deterministic kernels."""
+    """Seed Python, NumPy and torch with `seed + rank`; optionally force deterministic kernels.
+
+    `deterministic` sets CUBLAS_WORKSPACE_CONFIG (unless set), deterministic algorithms and the
+    cuDNN flags. Ops without a deterministic CUDA kernel (the backward of bilinear
+    interpolation, which every segmentation loss at label size uses) warn instead of raising,
+    so a deterministic run still trains; those ops stay non-deterministic on CUDA.
+    """
     seed = seed + dist.rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
 
@@ -138,6 +144,7 @@ def run_pipeline(
     run_dir = Path(cfg.pipeline.workdir) / cfg.pipeline.name
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run_dir)
         write_text(run_dir / "config.yaml", dump_config(cfg))
     dist.barrier()
 
@@ -180,6 +187,9 @@ def run_pipeline(
         if dist.is_main():
             if not resume and stage_dir.exists():
                 shutil.rmtree(stage_dir)
+            if resume:  # temporaries of writes a kill interrupted (checkpoints, per-image files)
+                for folder in [stage_dir, *(p for p in stage_dir.rglob("*") if p.is_dir())]:
+                    remove_temporaries(folder)
             stage_dir.mkdir(parents=True, exist_ok=True)
             (stage_dir / "manifest.json").unlink(missing_ok=True)
             write_in_progress(stage_dir, fp)
