@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev demo test test-slow clean
+.PHONY: install dev demo test test-slow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: dev
 
 test-slow: dev
 	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs data/synthetic-demo

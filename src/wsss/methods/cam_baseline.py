@@ -6,6 +6,8 @@ see docs/methods/cam_baseline.md for the paper / official code / wsss table.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch import nn
 from wsss.data.transforms import scaled_views
 from wsss.methods import METHODS
 from wsss.methods.base import Method
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import FrozenStatsBatchNorm2d, build_backbone
 from wsss.models.cam_classifier import CamClassifier
 from wsss.ops.cam import normalize_cams, strided_up_size
 from wsss.pipeline.stages import Stage
@@ -39,7 +41,7 @@ class CamBaselineConfig:
 
 def multiscale_cams(
     cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
-    device: torch.device,
+    device: torch.device, channels_last: bool = False,
 ) -> torch.Tensor:
     """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
     resized to the stride-rounded full size and the scales are summed.
@@ -47,6 +49,7 @@ def multiscale_cams(
     Args:
         cam_fn: images (B, 3, h, w) → non-negative maps (B, C, h/s, w/s).
         image: uint8 (H, W, 3).
+        channels_last: pass the views to `cam_fn` in channels-last (NHWC) memory format.
 
     Returns:
         float32 (C, H, W), not normalised.
@@ -54,13 +57,81 @@ def multiscale_cams(
     height, width = image.shape[:2]
     up = strided_up_size((height, width), stride)
     total = None
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     for scale in scales:
-        maps = cam_fn(scaled_views(image, scale, flip=flip).to(device))
+        views = scaled_views(image, scale, flip=flip).to(device)
+        maps = cam_fn(views.contiguous(memory_format=layout))
         merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
         merged = F.interpolate(merged[None].float(), size=up, mode="bilinear",
                                align_corners=False)[0, :, :height, :width]
         total = merged if total is None else total + merged
     return total
+
+
+_FROZEN_BN = (FrozenStatsBatchNorm2d,)
+
+# Inference copies of CAM classifiers, rebuilt when a parameter or buffer of the original
+# changes (every in-place update, e.g. an optimiser step or `load_state_dict`, bumps `_version`).
+_INFERENCE_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _state_versions(model: nn.Module) -> tuple[int, ...]:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an inference BatchNorm (running statistics) into the convolution before it."""
+    with torch.no_grad():
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+
+
+def _fold_batchnorms(module: nn.Module) -> None:
+    """Fold every BatchNorm that directly follows a convolution in the data flow (in place):
+    consecutive pairs of an `nn.Sequential`, and the convN/bnN pairs of torchvision's ResNet
+    blocks. Other modules keep their BatchNorms."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and type(bn) in (nn.BatchNorm2d,) + _FROZEN_BN:
+                _fold_into_conv(conv, bn)
+                module._modules[second] = nn.Identity()
+    elif isinstance(module, (BasicBlock, Bottleneck)):
+        for i in (1, 2, 3):
+            conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and type(bn) in (nn.BatchNorm2d,) + _FROZEN_BN:
+                _fold_into_conv(conv, bn)
+                setattr(module, f"bn{i}", nn.Identity())
+    for child in module.children():
+        _fold_batchnorms(child)
+
+
+def inference_model(model: nn.Module) -> tuple[nn.Module, bool]:
+    """A CAM classifier prepared for fast inference, and whether it wants channels-last input.
+
+    For an eval-mode `CamClassifier`: a cached copy with the BatchNorms folded into the
+    convolutions and channels-last weights (oneDNN's fastest layout on the CPU); identical maps
+    up to float rounding. Any other model (or one in training mode) is returned as is.
+    """
+    if not isinstance(model, CamClassifier) or model.training:
+        return model, False
+    versions = _state_versions(model)
+    cached = _INFERENCE_COPIES.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1], True
+    prepared = copy.deepcopy(model).requires_grad_(False)
+    _fold_batchnorms(prepared)
+    prepared = prepared.to(memory_format=torch.channels_last)
+    _INFERENCE_COPIES[model] = (versions, prepared)
+    return prepared, True
 
 
 @METHODS.register("cam_baseline")
@@ -95,9 +166,10 @@ class CamBaseline(Method):
     def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
         device = next(model.parameters()).device
-        cams = multiscale_cams(model.cams, image, scales=list(self.mcfg.cam_scales),
+        fast, channels_last = inference_model(model)
+        cams = multiscale_cams(fast.cams, image, scales=list(self.mcfg.cam_scales),
                                flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
-                               device=device)
+                               device=device, channels_last=channels_last)
         present = np.flatnonzero(labels > 0)
         cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
         return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1

@@ -1,0 +1,65 @@
+"""The CAM baseline's inference copy: folded BatchNorms, channels-last, same CAMs, invalidation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsss.config import load_config
+from wsss.methods import build_method
+from wsss.methods.cam_baseline import inference_model, multiscale_cams
+
+
+def _method_and_model(frozen_bn: bool):
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=none",
+                             f"model.frozen_bn={str(frozen_bn).lower()}",
+                             "method.name=cam_baseline"])
+    method = build_method(cfg)
+    model = method.build_model(num_classes=3)
+    for m in model.modules():  # non-trivial statistics, so that folding has work to do
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+    return method, model.eval()
+
+
+def test_folded_copy_gives_the_same_cams() -> None:
+    for frozen in (False, True):
+        method, model = _method_and_model(frozen)
+        fast, channels_last = inference_model(model)
+        assert channels_last and fast is not model
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
+        image = np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8)
+        with torch.inference_mode():
+            plain = multiscale_cams(model.cams, image, scales=list(method.mcfg.cam_scales), flip=True,
+                                    stride=model.backbone.output_stride, device=torch.device("cpu"))
+            fused = multiscale_cams(fast.cams, image, scales=list(method.mcfg.cam_scales), flip=True,
+                                    stride=model.backbone.output_stride, device=torch.device("cpu"),
+                                    channels_last=True)
+            cams, keys = method.infer_cams(model, image, np.array([1, 0, 1], dtype=np.float32))
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4 * float(plain.max()))
+        expected = plain[[0, 2]] / (plain[[0, 2]].amax((1, 2), keepdim=True) + 1e-5)
+        np.testing.assert_allclose(cams, expected.numpy(), atol=1e-4)
+        assert keys.tolist() == [1, 3]
+
+
+def test_copy_is_cached_and_rebuilt_after_a_weight_change() -> None:
+    _, model = _method_and_model(False)
+    first, _ = inference_model(model)
+    assert inference_model(model)[0] is first
+    with torch.no_grad():
+        model.classifier.weight.mul_(2.0)
+    second, _ = inference_model(model)
+    assert second is not first
+    torch.testing.assert_close(second.classifier.weight, model.classifier.weight)
+
+
+def test_training_mode_model_is_used_as_is() -> None:
+    _, model = _method_and_model(False)
+    model.train()
+    assert inference_model(model) == (model, False)
