@@ -138,7 +138,7 @@ def mask_with_unknown_class(root: Path) -> tuple[Path, str]:
     mask = load_mask(path)
     mask[0, 0] = 77
     save_mask(path, mask)
-    return path, "mask values [77] outside 0.."
+    return path, "mask values [77] outside 0..10 and 255"
 
 
 def huge_image(root: Path) -> tuple[Path, str]:
@@ -205,7 +205,8 @@ def test_config_errors_name_the_key(override: str, expected: str, tmp_path: Path
 def test_missing_dataset_root_names_the_key(tmp_path: Path, capsys) -> None:
     code, err = run(capsys, "run", SMOKE, "--workdir", tmp_path, "--set",
                     f"data.root={tmp_path / 'nowhere'}", "--set", "data.dataset=voc")
-    assert code == 2 and f"data.root: dataset root not found: {tmp_path / 'nowhere'}" in error_line(err)
+    expected = f"data.root: dataset root not found: {tmp_path / 'nowhere'}"
+    assert code == 2 and expected in error_line(err)
 
 
 def test_unknown_key_suggestion_is_the_closest() -> None:
@@ -331,8 +332,8 @@ def segnet_checkpoint(tmp_path_factory) -> Path:
     names = ["background", "a", "b", "c"]
     model = build_segnet_from_config(cfg.segnet, num_classes=3)
     path = tmp_path_factory.mktemp("segnet") / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(),
-                           "meta": segnet_checkpoint_meta(cfg, "cam_baseline", "make_seeds", names)})
+    meta = segnet_checkpoint_meta(cfg, "cam_baseline", "make_seeds", names)
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
     return path
 
 
@@ -625,7 +626,10 @@ def test_trainer_resume_refuses_a_foreign_model(tmp_path: Path) -> None:
 
     def trainer(model: nn.Module) -> Trainer:
         data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(4)]
-        return Trainer(model=model, step_fn=lambda m, b: {"mse": ((m(b["x"]) - b["y"]) ** 2).mean()},
+        def step(m: nn.Module, b: dict) -> dict[str, torch.Tensor]:
+            return {"mse": ((m(b["x"]) - b["y"]) ** 2).mean()}
+
+        return Trainer(model=model, step_fn=step,
                        param_groups=[{"params": list(model.parameters()), "lr": 0.1}],
                        dataset=data, out_dir=tmp_path, device=torch.device("cpu"), epochs=1,
                        batch_size=2)

@@ -49,7 +49,8 @@ def _listed_digests(digest_file: Path) -> list[str]:
     return [line.strip() for line in digest_file.read_text().splitlines() if line.strip()]
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, verifying its sha256 when present.
 
     Raises:
@@ -60,7 +61,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint not found: {path}")
     data = path.read_bytes()
     digest_file = _digest_path(path)
-    if digest_file.is_file() and hashlib.sha256(data).hexdigest() not in _listed_digests(digest_file):
+    digest = hashlib.sha256(data).hexdigest()
+    if digest_file.is_file() and digest not in _listed_digests(digest_file):
         raise CheckpointError(
             f"{path}: sha256 does not match {digest_file.name}; the checkpoint is corrupt "
             "or was modified, refusing to load it"

@@ -9,6 +9,7 @@ import random
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def _stage_seed(seed: int, stage: str) -> int:
+    """A seed for one stage from the run seed and the stage name (stable across processes)."""
+    return (seed * 1000003 + zlib.crc32(stage.encode())) % 2**31
 
 
 def _reset_peak_rss() -> None:
@@ -199,6 +205,11 @@ def run_pipeline(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         began = time.perf_counter()
+        # Each stage draws from RNGs seeded by (seed, stage name), not from what the stages
+        # before it drew in this process: a resumed run skips those stages, and a stage that
+        # starts from scratch there must still build the same initial weights.
+        seed_everything(_stage_seed(cfg.pipeline.seed, stage.name),
+                        deterministic=cfg.pipeline.deterministic)
         context = StageContext(cfg=cfg, run_dir=run_dir, out_dir=stage_dir, device=device,
                                method=method, upstream=dict(manifests))
         summary = stage.run(context) or {}
