@@ -12,8 +12,9 @@ Neither `m` nor `a` depends on τ, so one image contributes a histogram over
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,33 @@ def sweep_confusion(
     Returns:
         int64 (T, N, N+1) on the device of `cams`; column N (abstained) is always 0.
     """
+    with _one_thread(cams):
+        return _sweep_confusion(cams, keys, gts, thresholds, num_classes)
+
+
+@contextlib.contextmanager
+def _one_thread(cams: torch.Tensor | np.ndarray) -> Iterator[None]:
+    """One intra-op thread for CPU work: a sweep is a few dozen ops on one image's pixels, and
+    on a loaded machine OpenMP's barriers made two threads 5-10x slower than one
+    (docs/performance.md)."""
+    threads = torch.get_num_threads()
+    on_cpu = isinstance(cams, np.ndarray) or cams.device.type == "cpu"
+    if on_cpu and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _sweep_confusion(
+    cams: torch.Tensor | np.ndarray,
+    keys: torch.Tensor | np.ndarray | Sequence[int],
+    gts: torch.Tensor | np.ndarray,
+    thresholds: Sequence[float] | np.ndarray | torch.Tensor,
+    num_classes: int,
+) -> torch.Tensor:
     cams_t = torch.from_numpy(np.ascontiguousarray(cams)) if isinstance(cams, np.ndarray) else cams
     if cams_t.ndim != 3 or not cams_t.is_floating_point():
         raise ValueError(f"cams must be float (K, H, W), got {cams_t.dtype} {tuple(cams_t.shape)}")
@@ -113,7 +141,7 @@ def sweep_confusion(
     # torch.max returns the first maximal channel on ties (and, on CPU, is much faster than
     # argmax for a reduction over the leading dim); it propagates NaN, caught below.
     top_score, top = cams_t.reshape(num_channels, -1).max(0)
-    top_score, top = top_score[labelled].to(torch.float64), top[labelled]
+    top_score, top = top_score[labelled], top[labelled]
     if not bool(torch.isfinite(top_score).all()):
         raise ValueError("cams hold NaN or infinite values")
 
@@ -121,7 +149,11 @@ def sweep_confusion(
     # Compare in the CAMs' dtype, as the τ plane would be stored; the cast is monotone, so the
     # sorted grid stays sorted. bins[i] = number of thresholds below the pixel's max score, i.e.
     # the pixel is foreground exactly for the sorted thresholds t < bins[i].
-    th_sorted = torch.from_numpy(th[order]).to(device=device, dtype=cams_t.dtype).to(torch.float64)
+    # Both sides of the search are values of the CAMs' dtype, so searching in float32/64 gives
+    # the bins of an exact comparison; other dtypes are searched in float64.
+    th_sorted = torch.from_numpy(th[order]).to(device=device, dtype=cams_t.dtype)
+    if cams_t.dtype not in (torch.float32, torch.float64):
+        th_sorted, top_score = th_sorted.double(), top_score.double()
     bins = torch.searchsorted(th_sorted, top_score, side="left")
     hist = torch.bincount(
         (bins * n + gt) * num_channels + top, minlength=(num_th + 1) * n * num_channels
@@ -184,12 +216,13 @@ class ThresholdSweep:
         """
         if name is not None and name in self._names:
             raise ValueError(f"image {name!r} was already added to this sweep")
-        stack = sweep_confusion(cams, keys, gt, self.thresholds, self.num_classes)
-        if self._stack is None:
-            self._stack = stack.clone()
-        else:
-            self._stack += stack.to(self._stack.device)
-        curve = miou(stack.cpu()).numpy()
+        with _one_thread(cams):
+            stack = _sweep_confusion(cams, keys, gt, self.thresholds, self.num_classes)
+            if self._stack is None:
+                self._stack = stack.clone()
+            else:
+                self._stack += stack.to(self._stack.device)
+            curve = miou(stack.cpu()).numpy()
         best = None if np.isnan(curve).all() else int(np.nanargmax(curve))
         self._records.append((name, best, math.nan if best is None else float(curve[best])))
         if name is not None:
