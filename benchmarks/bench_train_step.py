@@ -1,7 +1,7 @@
 """One training step (forward, backward, SGD update) of every registered method.
 
 Each method runs its own `training_step` on the same synthetic batch (2 images of 96x96, 4
-classes, ResNet-18 from scratch, as the contract test) and reports the median wall time and
+classes, a saliency map, ResNet-18 from scratch, as the contract test) and reports the median wall time and
 peak memory. 1-Stage's step is also run with the official-style PAMR of
 `benchmarks/bench_pamr.py` patched in, the one per-step op `wsss` re-implements for speed; the
 other steps are the same PyTorch modules as the official code, so they have no separate
@@ -40,6 +40,7 @@ def _step_fn(name: str, size: int):
         "labels": torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]]),
         "mask": torch.zeros(2, size, size, dtype=torch.long),
         "name": ["a", "b"], "index": torch.tensor([0, 1]),
+        "saliency": torch.rand(2, size, size, generator=g),  # auxsegnet's saliency input
     }
     model.train()
 
