@@ -100,6 +100,11 @@ class AffinityNetConfig:
     walk_pairs: str = "window"
 
 
+# Layers frozen with `model.frozen_bn` (pretrained backbones): PSA's `not_training` on ResNet-38;
+# ResNets use IRN's stem convention (the default below); VGG freezes nothing.
+_FROZEN_PREFIXES = {"resnet38": ("conv1a.", "b2.", "b2_1.", "b2_2."), "vgg16": ()}
+
+
 def build_affinitynet(cfg: Any, *, config_key: str = "method.affinitynet",
                       load_pretrained: bool = True) -> AffinityNet:
     """AffinityNet on `cfg.model`'s backbone at the configured output stride, with
@@ -120,9 +125,6 @@ def build_affinitynet(cfg: Any, *, config_key: str = "method.affinitynet",
             if name.startswith(prefixes):
                 p.requires_grad_(False)
     return AffinityNet(backbone=backbone)
-
-
-_FROZEN_PREFIXES = {"resnet38": ("conv1a.", "b2.", "b2_1.", "b2_2."), "vgg16": ()}
 
 
 # Labels ------------------------------------------------------------------------------------------
