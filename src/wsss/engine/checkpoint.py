@@ -110,3 +110,13 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
             f"shape mismatch {wrong[:4]}"
         )
     model.load_state_dict(state)
+
+
+def load_submodule_state(module: torch.nn.Module, path: str | Path, prefix: str = "backbone."
+                         ) -> None:
+    """Load the `prefix`-ed entries of the trained model saved at `path` into `module` (e.g. a
+    CAM network's backbone into AMN, IRNet or AffinityNet), strictly, naming the file on a
+    mismatch."""
+    state = load_checkpoint(path, map_location="cpu")["model"]
+    load_model_state(module, {k[len(prefix):]: v for k, v in state.items()
+                              if k.startswith(prefix)}, str(path))

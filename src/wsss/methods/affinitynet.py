@@ -28,7 +28,7 @@ from wsss.config import TrainConfig, select
 from wsss.data import build_dataset
 from wsss.data.labels import BACKGROUND
 from wsss.data.transforms import normalize_image
-from wsss.engine.checkpoint import load_checkpoint, load_model_state
+from wsss.engine.checkpoint import load_checkpoint, load_model_state, load_submodule_state
 from wsss.io import DataError, load_cams, load_image, save_cams, save_mask
 from wsss.methods import METHODS
 from wsss.methods.base import fit_model
@@ -355,12 +355,7 @@ def affinitynet_stages(
     def build(ctx: StageContext) -> AffinityNet:
         model = build_affinitynet(ctx.cfg, config_key=config_key, load_pretrained=not from_cam)
         if from_cam:
-            path = ctx.stage_dir(backbone_stage) / "model.pt"
-            state = load_checkpoint(path, map_location="cpu")["model"]
-            prefix = "backbone."
-            load_model_state(model.backbone,
-                             {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                             str(path))
+            load_submodule_state(model.backbone, ctx.stage_dir(backbone_stage) / "model.pt")
         return model
 
     def train(ctx: StageContext) -> dict[str, Any]:

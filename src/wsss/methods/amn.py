@@ -19,7 +19,7 @@ from torch import nn
 
 from wsss.config import TrainConfig
 from wsss.data.transforms import scaled_views
-from wsss.engine.checkpoint import load_checkpoint, load_model_state
+from wsss.engine.checkpoint import load_submodule_state
 from wsss.io import DataError, load_mask, save_cams
 from wsss.losses import pcl_loss
 from wsss.methods import METHODS
@@ -218,11 +218,7 @@ class Amn(Method):
             dataset = seed_dataset(seed_stage)(ctx, t)
             model = self.build_model(dataset.num_classes)
             if from_cam:
-                path = ctx.stage_dir(cam_train_stage) / "model.pt"
-                state = load_checkpoint(path, map_location="cpu")["model"]
-                load_model_state(model.backbone, {k[len("backbone."):]: v
-                                                  for k, v in state.items()
-                                                  if k.startswith("backbone.")}, str(path))
+                load_submodule_state(model.backbone, ctx.stage_dir(cam_train_stage) / "model.pt")
             return fit_model(ctx, model=model, step_fn=self.training_step,
                              param_groups=self.param_groups(model, t.lr), dataset=dataset,
                              train_cfg=t, meta=self.checkpoint_meta(dataset))

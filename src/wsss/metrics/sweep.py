@@ -12,9 +12,8 @@ Neither `m` nor `a` depends on τ, so one image contributes a histogram over
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from wsss.metrics.confusion import (
     json_float,
     miou,
 )
+from wsss.ops.threads import single_cpu_thread
 
 __all__ = ["ThresholdSweep", "default_thresholds", "sweep_confusion"]
 
@@ -84,24 +84,12 @@ def sweep_confusion(
     Returns:
         int64 (T, N, N+1) on the device of `cams`; column N (abstained) is always 0.
     """
-    with _one_thread(cams):
+    with single_cpu_thread(_on_cpu(cams)):
         return _sweep_confusion(cams, keys, gts, thresholds, num_classes)
 
 
-@contextlib.contextmanager
-def _one_thread(cams: torch.Tensor | np.ndarray) -> Iterator[None]:
-    """One intra-op thread for CPU work: a sweep is a few dozen ops on one image's pixels, and
-    on a loaded machine OpenMP's barriers made two threads 5-10x slower than one
-    (docs/performance.md)."""
-    threads = torch.get_num_threads()
-    on_cpu = isinstance(cams, np.ndarray) or cams.device.type == "cpu"
-    if on_cpu and threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+def _on_cpu(cams: torch.Tensor | np.ndarray) -> bool:
+    return isinstance(cams, np.ndarray) or cams.device.type == "cpu"
 
 
 def _sweep_confusion(
@@ -216,7 +204,7 @@ class ThresholdSweep:
         """
         if name is not None and name in self._names:
             raise ValueError(f"image {name!r} was already added to this sweep")
-        with _one_thread(cams):
+        with single_cpu_thread(_on_cpu(cams)):
             stack = _sweep_confusion(cams, keys, gt, self.thresholds, self.num_classes)
             if self._stack is None:
                 self._stack = stack.clone()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CRF_PRESETS", "dense_crf", "dense_crf_batch", "dense_crf_labels"]
+__all__ = ["CRF_PRESETS", "dense_crf", "dense_crf_batch", "dense_crf_energies", "dense_crf_labels"]
 
 # Probabilities are clipped before −log so that a zero score gives a large finite energy
 # (−log 1e-5 ≈ 11.5), as pydensecrf's `unary_from_softmax` does.
@@ -116,6 +116,36 @@ def _infer(
     )
     q = model.inference(int(num_iter))
     return np.asarray(q, dtype=np.float32).reshape(num_labels, h, w)
+
+
+def dense_crf_energies(
+    image: np.ndarray | Tensor,
+    unary: np.ndarray,
+    *,
+    num_iter: int,
+    gaussian_sxy: float,
+    gaussian_compat: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_compat: float,
+) -> np.ndarray:
+    """Dense CRF on unary energies a caller computed itself (e.g. AuxSegNet's saliency unary).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        unary: (n, H, W) energies (−log probabilities or any other).
+
+    Returns:
+        (n, H, W) float32 posteriors.
+    """
+    img = _check_image(image)
+    if unary.ndim != 3 or unary.shape[1:] != img.shape[:2]:
+        raise ValueError(f"unary must be (n, H, W) with (H, W) = {img.shape[:2]}, "
+                         f"got {unary.shape}")
+    return _infer(img, unary.reshape(unary.shape[0], -1), unary.shape[0], num_iter=num_iter,
+                  gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                  bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,
+                  bilateral_compat=bilateral_compat)
 
 
 def dense_crf(

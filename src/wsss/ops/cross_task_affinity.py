@@ -178,15 +178,14 @@ def saliency_crf(
     Returns:
         float32 (H, W) in [0, 1], the posterior of the foreground label.
     """
-    from wsss.ops.crf import _check_image, _infer
+    from wsss.ops.crf import dense_crf_energies
 
-    img = _check_image(image)
-    if saliency.shape != img.shape[:2]:
-        raise ValueError(f"saliency must be (H, W) = {img.shape[:2]}, got {saliency.shape}")
-    unary = saliency_crf_unary(saliency, tau=tau).reshape(2, -1)
-    q = _infer(img, unary, 2, num_iter=num_iter, gaussian_sxy=gaussian_sxy,
-               gaussian_compat=gaussian_compat, bilateral_sxy=bilateral_sxy,
-               bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat)
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f"saliency must be (H, W) = {image.shape[:2]}, got {saliency.shape}")
+    q = dense_crf_energies(image, saliency_crf_unary(saliency, tau=tau), num_iter=num_iter,
+                           gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                           bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,
+                           bilateral_compat=bilateral_compat)
     return q[1]
 
 

@@ -10,14 +10,15 @@ docs/performance.md).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wsss.ops.threads import single_cpu_thread
 
 __all__ = ["PAMR", "local_neighbours", "neighbour_index", "pamr", "pamr_affinity"]
 
@@ -152,7 +153,7 @@ def pamr(
     # PAMR is hundreds of small memory-bound ops; on the CPU, intra-op threads cost more in
     # synchronisation than they save (5-10x slower on a loaded 2-core machine, see
     # docs/performance.md), so it runs on one.
-    with _one_thread(masks.device):
+    with single_cpu_thread(masks.device.type == "cpu"):
         alpha = pamr_affinity(images.to(masks.dtype), dilations=dilations, kernel=kernel)
         if num_iter <= 0:
             return masks
@@ -160,19 +161,6 @@ def pamr(
         if masks.dtype in (torch.float32, torch.float64) and not needs_grad:
             return _propagate_sparse(masks, alpha, dilations, num_iter)
         return _propagate_bands(masks, alpha, dilations, num_iter)
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run the block with one intra-op thread on the CPU; restore the count afterwards."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _propagate_bands(masks: Tensor, alpha: Tensor, dilations: Sequence[int], num_iter: int

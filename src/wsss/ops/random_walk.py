@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from wsss.ops.affinity import search_directions
+from wsss.ops.threads import single_cpu_thread
 
 __all__ = [
     "affinity_pairs",
@@ -227,15 +228,10 @@ def random_walk_pairs(
     y = cams.reshape(k, n).t().contiguous()
     # Each step is a small sparse product; on the CPU, intra-op threads cost more in
     # synchronisation than they save (40× slower on a loaded 2-core machine), so use one.
-    threads = torch.get_num_threads()
-    if y.device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with single_cpu_thread(y.device.type == "cpu"):
         for _ in range(num_steps):
             # y ← y · T for row vectors y (K, N), i.e. Yᵀ ← Tᵀ · Yᵀ with Tᵀ in CSR.
             y = torch.sparse.mm(step, y)
-    finally:
-        torch.set_num_threads(threads)
     return y.t().reshape(k, h, w)
 
 
