@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Row, agreement, compare, format_table, header  # noqa: E402
 
 from wsss.ops.pamr import pamr  # noqa: E402
+from wsss.ops.threads import single_cpu_thread  # noqa: E402
 
 DILATIONS = (1, 2, 4, 8, 12, 24)
 
@@ -88,15 +89,10 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
                         ref.peak_mb, f"max|Δ| {agree['max_abs_diff']:.1e}, argmax same",
                         ratio_value=ratio))
         if shape[0] > 1:  # the same comparison with the reference on one thread too
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with torch.inference_mode():
-                    ours, ref, ratio = compare(
-                        lambda: pamr(images, masks, dilations=DILATIONS, num_iter=10),
-                        lambda: pamr_reference(images, masks), repeats=repeats)
-            finally:
-                torch.set_num_threads(threads)
+            with single_cpu_thread(), torch.inference_mode():
+                ours, ref, ratio = compare(
+                    lambda: pamr(images, masks, dilations=DILATIONS, num_iter=10),
+                    lambda: pamr_reference(images, masks), repeats=repeats)
             rows.append(Row(name + ", 1 thread", ours.seconds, ref.seconds, ">= 10x",
                             ratio >= 10, ours.peak_mb, ref.peak_mb, "as above",
                             "both sides on one thread", ratio_value=ratio))

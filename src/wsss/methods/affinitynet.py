@@ -31,7 +31,7 @@ from wsss.data.transforms import normalize_image
 from wsss.engine.checkpoint import load_checkpoint, load_model_state, load_submodule_state
 from wsss.io import DataError, load_cams, load_image, save_cams, save_mask
 from wsss.methods import METHODS
-from wsss.methods.base import fit_model
+from wsss.methods.base import cams_to_masks, fit_model
 from wsss.methods.cam_baseline import CamBaseline, CamBaselineConfig
 from wsss.methods.irn import seed_dataset
 from wsss.models.affinitynet import AffinityNet
@@ -336,21 +336,9 @@ def affinitynet_stages(
 
     def make_labels(ctx: StageContext) -> dict[str, Any]:
         cfg: AffinityNetConfig = select(ctx.cfg, config_key)
-        dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
-        cam_dir, mask_dir = ctx.stage_dir(cam_stage) / "cams", ctx.out_dir / "masks"
-        index = {n: i for i, n in enumerate(dataset.names)}
         params = dict(low_alpha=cfg.low_alpha, high_alpha=cfg.high_alpha, crf=cfg.label_crf)
-
-        def args(item: str) -> tuple[str, str, str, dict[str, Any]]:
-            return (str(dataset.image_path(index[item])), str(cam_dir / f"{item}.npz"),
-                    str(mask_dir / f"{item}.png"), params)
-
-        done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png",
-                         lambda n: _labels_one(args(n)), desc=labels_name,
-                         workers=ctx.cfg.pipeline.workers, pool_work=_labels_one,
-                         pool_args=args)
-        return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done,
-                **params}
+        return cams_to_masks(ctx, build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split),
+                             cam_stage, _labels_one, params, desc=labels_name)
 
     def build(ctx: StageContext) -> AffinityNet:
         model = build_affinitynet(ctx.cfg, config_key=config_key, load_pretrained=not from_cam)

@@ -232,23 +232,10 @@ class Method(abc.ABC):
                          fg_key: str = "seed_fg_threshold", bg_key: str = "seed_bg_threshold"
                          ) -> Stage:
         def run(ctx: StageContext) -> dict[str, Any]:
-            dataset = self.dataset(ctx.cfg.data.infer_split)
-            cam_dir = ctx.stage_dir(cam_stage) / "cams"
-            mask_dir = ctx.out_dir / "masks"
-            index = {n: i for i, n in enumerate(dataset.names)}
             params = dict(fg_threshold=getattr(self.mcfg, fg_key),
                           bg_threshold=getattr(self.mcfg, bg_key), crf=self.mcfg.seed_crf)
-
-            def args(item: str) -> tuple[str, str, str, dict[str, Any]]:
-                return (str(dataset.image_path(index[item])), str(cam_dir / f"{item}.npz"),
-                        str(mask_dir / f"{item}.png"), params)
-
-            done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png",
-                             lambda n: _seed_one(args(n)), desc=name,
-                             workers=ctx.cfg.pipeline.workers, pool_work=_seed_one,
-                             pool_args=args)
-            return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done,
-                    **params}
+            return cams_to_masks(ctx, self.dataset(ctx.cfg.data.infer_split), cam_stage,
+                                 _seed_one, params, desc=name)
 
         return Stage(name, run, needs=(cam_stage,),
                      depends_on=("data.infer_split", f"method.{fg_key}", f"method.{bg_key}",
@@ -331,6 +318,30 @@ def finish_training(ctx: StageContext, trainer: Trainer, model: nn.Module, meta:
     dist.barrier()
     last = result.history[-1] if result.history else {}
     return {"steps": result.steps, "final_loss": last.get("loss")}
+
+
+def cams_to_masks(ctx: StageContext, dataset: Any, cam_stage: str,
+                  work: Callable[[tuple[str, str, str, dict[str, Any]]], None],
+                  params: dict[str, Any], *, desc: str) -> dict[str, Any]:
+    """Write `<stage>/masks/<name>.png` for every image from `<cam_stage>/cams/<name>.npz` with
+    `work((image path, cam path, mask path, params))`, a picklable module-level function that
+    runs in a process pool when `pipeline.workers` > 1 (CRF-bound seed and label stages).
+
+    Returns:
+        the stage summary: split, image count, images computed by this rank, and `params`.
+    """
+    cam_dir, mask_dir = ctx.stage_dir(cam_stage) / "cams", ctx.out_dir / "masks"
+    index = {n: i for i, n in enumerate(dataset.names)}
+
+    def args(item: str) -> tuple[str, str, str, dict[str, Any]]:
+        return (str(dataset.image_path(index[item])), str(cam_dir / f"{item}.npz"),
+                str(mask_dir / f"{item}.png"), params)
+
+    done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png", lambda n: work(args(n)),
+                     desc=desc, workers=ctx.cfg.pipeline.workers, pool_work=work,
+                     pool_args=args)
+    return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done,
+            **params}
 
 
 def _seed_one(args: tuple[str, str, str, dict[str, Any]]) -> None:
