@@ -12,6 +12,7 @@ import torch
 from wsss.ops.affinity import feature_pair_affinity, neighbour_pairs
 from wsss.ops.random_walk import (
     affinity_pairs,
+    chebyshev_degree,
     pair_transition_matrix,
     random_walk,
     random_walk_dense,
@@ -50,10 +51,36 @@ def test_affinity_is_symmetric_and_local() -> None:
 def test_sparse_walk_matches_dense_power(dtype: torch.dtype) -> None:
     b = _boundary(10, 11).to(dtype)
     cams = torch.rand(3, 10, 11, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    sparse = random_walk(cams, b, radius=5, beta=10.0, num_steps=256)
     dense = random_walk_dense(cams, b, radius=5, beta=10.0, exp_times=8)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(sparse, dense, rtol=tol, atol=tol)
+    for truncation in (0.0, 1e-12):  # the plain 256 products; the Chebyshev expansion
+        sparse = random_walk(cams, b, radius=5, beta=10.0, num_steps=256, tol=truncation)
+        torch.testing.assert_close(sparse, dense, rtol=tol, atol=tol)
+
+
+def test_chebyshev_degree_known_values() -> None:
+    # x^t = 2^(1-t) Σ C(t, j) T_{t-2j}: for t = 2, x² = ½T_0 + ½T_2; dropping T_2 loses ½.
+    assert chebyshev_degree(2, 0.4) == 2 and chebyshev_degree(2, 0.5) == 0
+    # t = 3: x³ = ¾T_1 + ¼T_3.
+    assert chebyshev_degree(3, 0.2) == 3 and chebyshev_degree(3, 0.25) == 1
+    assert chebyshev_degree(0, 1e-9) == 0
+    # The mass is binomial with sd √t/2 = 8 for t = 256: ~6 sd of tail ≈ 1e-9.
+    assert 80 <= chebyshev_degree(256, 1e-9) <= 110
+    # A smaller tolerance never allows a smaller degree.
+    degrees = [chebyshev_degree(64, 10.0 ** -e) for e in range(1, 15)]
+    assert degrees == sorted(degrees)
+
+
+def test_default_walk_error_within_its_stated_bound() -> None:
+    # The default tol (1e-6 of each map's maximum) against the exact float64 power.
+    b = _boundary(12, 13)
+    cams = torch.rand(2, 12, 13, generator=torch.Generator().manual_seed(2),
+                      dtype=torch.float64) * 5.0
+    exact = random_walk_dense(cams, b, radius=5, beta=10.0, exp_times=8)
+    walked = random_walk(cams, b, radius=5, beta=10.0, num_steps=256)
+    error = (walked - exact).abs().amax(dim=(1, 2))
+    assert torch.all(error <= 1e-6 * cams.abs().amax(dim=(1, 2)))
+    assert torch.equal(walked.argmax(0), exact.argmax(0))
 
 
 def test_constant_map_without_boundaries_stays_constant() -> None:
@@ -125,11 +152,14 @@ def test_sparse_feature_walk_matches_dense_power(window: bool, dtype: torch.dtyp
     h, w = 8, 13
     src, dst, aff = _feature_pairs(h, w, window=window, dtype=dtype)
     cams = torch.rand(3, h, w, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    sparse = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=64)
     dense = random_walk_pairs_dense(cams, src, dst, aff, beta=8.0, exp_times=6)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
+    sparse = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=64, tol=0.0)
     torch.testing.assert_close(sparse, dense, rtol=tol, atol=tol)
     assert sparse.min() >= 0 and sparse.max() <= 1 + tol  # convex combinations of the input
+    # The default Chebyshev expansion: within 1e-6 of each map's maximum, float rounding on top.
+    sparse = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=64)
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-6 + tol)
 
 
 def test_irn_walk_is_the_pair_walk_on_boundary_affinities() -> None:
