@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 
 import numpy as np
 import pytest
@@ -32,3 +34,32 @@ def test_spawn_and_fork_pools_match_the_sequential_loop() -> None:
         pooled = crf.dense_crf_batch(images, probs, workers=2, start_method=method, num_iter=3)
         for a, b in zip(sequential, pooled, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_pool_balances_and_raises_a_child_failure(monkeypatch) -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    rng = np.random.default_rng(4)
+    # Unequal sizes; three workers (this process + two children) over seven images.
+    images = [rng.integers(0, 256, (8 + 3 * i, 11, 3), dtype=np.uint8) for i in range(7)]
+    probs = [rng.random((2, 8 + 3 * i, 11)).astype(np.float32) for i in range(7)]
+    sequential = crf.dense_crf_batch(images, probs, workers=1, num_iter=2)
+    pooled = crf.dense_crf_batch(images, probs, workers=3, num_iter=2)
+    for a, b in zip(sequential, pooled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Malformed input is refused before any work starts, naming the input.
+    bad = probs[:3] + [probs[3][:, :-1]] + probs[4:]
+    with pytest.raises(ValueError, match="input 3: probs must be"):
+        crf.dense_crf_batch(images, bad, workers=2, num_iter=2)
+    # A failure inside a child (forked, so it inherits the patch) fails the call, never hangs.
+    parent = os.getpid()
+    real_job = crf._dense_crf_job
+
+    def job_failing_in_children(args):
+        if os.getpid() != parent:
+            raise MemoryError("simulated")
+        time.sleep(0.3)  # leave the child time to claim an image
+        return real_job(args)
+
+    monkeypatch.setattr(crf, "_dense_crf_job", job_failing_in_children)
+    with pytest.raises(RuntimeError, match="worker failed: MemoryError"):
+        crf.dense_crf_batch(images, probs, workers=2, start_method="fork", num_iter=2)

@@ -10,8 +10,8 @@ helpers of `jiwoon-ahn/psa`, `YudeWang/SEAM` and `visinf/1-stage-wseg`.
 from __future__ import annotations
 
 import multiprocessing
+import queue as queue_module
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,15 @@ def _check_image(image: Any) -> np.ndarray:
         raise ValueError(f"image must be uint8, got {img.dtype}")
     # pydensecrf reads the buffer directly and rejects strided views (e.g. flipped images).
     return np.ascontiguousarray(img)
+
+
+def _check_pair(image: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 image and (C, H, W) scores of the same size, as numpy arrays."""
+    img = _check_image(image)
+    p = _to_numpy(probs)
+    if p.ndim != 3 or p.shape[1:] != img.shape[:2]:
+        raise ValueError(f"probs must be (C, H, W) with (H, W) = {img.shape[:2]}, got {p.shape}")
+    return img, p
 
 
 def _infer(
@@ -175,10 +184,7 @@ def dense_crf(
     Returns:
         (C, H, W) float32 numpy posterior; sums to 1 over C at every pixel.
     """
-    img = _check_image(image)
-    p = _to_numpy(probs)
-    if p.ndim != 3 or p.shape[1:] != img.shape[:2]:
-        raise ValueError(f"probs must be (C, H, W) with (H, W) = {img.shape[:2]}, got {p.shape}")
+    img, p = _check_pair(image, probs)
     num_labels = p.shape[0]
     unary = -np.log(np.clip(p.astype(np.float32), _PROB_CLIP, 1.0)).reshape(num_labels, -1)
     return _infer(
@@ -270,6 +276,25 @@ def _dense_crf_job(args: tuple[np.ndarray, np.ndarray, dict[str, Any]]) -> np.nd
     return dense_crf(image, probs, **kwargs)
 
 
+def _claim_jobs(jobs: Sequence[tuple], counter: Any, emit: Any) -> None:
+    """Run jobs[i] for every index i this process claims from the shared counter; emit(i, out)."""
+    while True:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        if index >= len(jobs):
+            return
+        emit(index, _dense_crf_job(jobs[index]))
+
+
+def _crf_worker(jobs: Sequence[tuple], counter: Any, results: Any) -> None:
+    """Child process: claim jobs until none is left; an exception goes back as the result."""
+    try:
+        _claim_jobs(jobs, counter, lambda index, out: results.put((index, out)))
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent, which raises it
+        results.put((-1, RuntimeError(f"dense CRF worker failed: {exc!r}")))
+
+
 def dense_crf_batch(
     images: Sequence[np.ndarray | Tensor],
     probs_list: Sequence[np.ndarray | Tensor],
@@ -278,33 +303,74 @@ def dense_crf_batch(
     start_method: str | None = None,
     **kwargs: Any,
 ) -> list[np.ndarray]:
-    """`dense_crf` over several images, in a process pool when `workers` > 1.
+    """`dense_crf` over several images, in `workers` processes when `workers` > 1.
 
     Results are identical to the sequential loop and returned in input order. Tensors are copied
-    to the CPU before they are sent to the workers.
+    to the CPU first. The calling process is one of the workers: it starts `workers` − 1 children
+    and every process claims the next image from a shared counter, so unequal image sizes stay
+    balanced; with "fork" the children inherit the inputs instead of receiving them pickled.
 
     Args:
         images: N images, each (H_i, W_i, 3) uint8.
         probs_list: N score stacks, each (C_i, H_i, W_i).
-        workers: number of processes; 1 runs in this process.
-        start_method: multiprocessing start method for the pool. None (default) picks "fork"
-            where it is available and CUDA is not initialised in this process (workers start
-            at once instead of re-importing torch, about 1-2 s each), else "spawn".
+        workers: number of processes, this one included; 1 runs in this process only.
+        start_method: multiprocessing start method for the children. None (default) picks
+            "fork" where it is available and CUDA is not initialised in this process (workers
+            start at once instead of re-importing torch, about 1-2 s each), else "spawn".
         **kwargs: CRF settings passed to `dense_crf` (e.g. `**CRF_PRESETS["psa"]`).
 
     Returns:
         List of N (C_i, H_i, W_i) float32 numpy posteriors.
+
+    Raises:
+        RuntimeError: a child process failed or died (its error is in the message).
     """
     if len(images) != len(probs_list):
         raise ValueError(f"got {len(images)} images but {len(probs_list)} probability maps")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     _densecrf()  # fail here, with the install hint, rather than inside a worker
-    jobs = [(_to_numpy(img), _to_numpy(p), kwargs) for img, p in zip(images, probs_list)]
+    jobs = []
+    for i, (img, p) in enumerate(zip(images, probs_list)):  # every input checked before work
+        try:
+            jobs.append((*_check_pair(img, p), kwargs))
+        except ValueError as exc:
+            raise ValueError(f"dense_crf_batch input {i}: {exc}") from None
     workers = min(workers, len(jobs))
     if workers <= 1:
         return [_dense_crf_job(job) for job in jobs]
     context = multiprocessing.get_context(start_method or _default_start_method())
-    chunksize = max(1, len(jobs) // (4 * workers))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_dense_crf_job, jobs, chunksize=chunksize))
+    counter = context.Value("q", 0)
+    queue = context.Queue()
+    children = [context.Process(target=_crf_worker, args=(jobs, counter, queue), daemon=True)
+                for _ in range(workers - 1)]
+    out: dict[int, np.ndarray] = {}
+    try:
+        for child in children:
+            child.start()
+        _claim_jobs(jobs, counter, out.__setitem__)
+        while len(out) < len(jobs):
+            out.update([_next_result(queue, children)])
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        queue.close()
+    return [out[i] for i in range(len(jobs))]
+
+
+def _next_result(queue: Any, children: Sequence[Any]) -> tuple[int, np.ndarray]:
+    """(index, posterior) from a child; raises if one failed or all died with results owed."""
+    while True:
+        try:
+            index, result = queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not any(child.is_alive() for child in children):
+                codes = [child.exitcode for child in children]
+                raise RuntimeError(f"dense CRF workers exited (codes {codes}) before "
+                                   "returning every result") from None
+            continue
+        if index < 0:
+            raise result
+        return index, result
