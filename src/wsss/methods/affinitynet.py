@@ -95,6 +95,9 @@ class AffinityNetConfig:
     walk_alpha: float = 16.0  # background power of the walked CAM stack
     beta: float = 8.0  # affinity exponent β
     num_steps: int = 256  # t = 2 ** logt, PSA logt = 8
+    # Truncation bound of the Chebyshev walk, relative to each map's maximum; 0 = the plain
+    # num_steps sparse products (`wsss.ops.random_walk`).
+    walk_tol: float = 1e-6
     # Pairs of the walk: "window" = PSA's `get_indices_of_pairs` (sources only in the window
     # rows [0, h − 4), cols [4, w − 4)), "full" = every pair within the radius.
     walk_pairs: str = "window"
@@ -279,7 +282,7 @@ def affinity_walk(
                                window=window)
     affinity = feature_pair_affinity(features, src, dst, distance=cfg.distance)
     walked = random_walk_pairs(low, src.to(device), dst.to(device), affinity, beta=cfg.beta,
-                               num_steps=cfg.num_steps)
+                               num_steps=cfg.num_steps, tol=cfg.walk_tol)
     up = F.interpolate(walked[None], size=(pad_h, pad_w), mode="bilinear",
                        align_corners=False)[0, :, :height, :width]
     mask = torch.from_numpy(probs_keys).to(up.device)[up.argmax(dim=0)]
@@ -395,7 +398,7 @@ def affinitynet_stages(
                   f"{config_key}.distance")
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.distance",
                  f"{config_key}.walk_alpha", f"{config_key}.beta", f"{config_key}.num_steps",
-                 f"{config_key}.walk_pairs")
+                 f"{config_key}.walk_tol", f"{config_key}.walk_pairs")
     train_needs = (labels_name, backbone_stage) if from_cam else (labels_name,)
     return [
         Stage(labels_name, make_labels, needs=(cam_stage,), depends_on=label_keys,

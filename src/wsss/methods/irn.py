@@ -74,6 +74,9 @@ class IrnConfig:
     radius: int = 5  # random-walk neighbourhood
     beta: float = 10.0  # affinity exponent β
     num_steps: int = 256  # t = 2 ** exp_times, IRN exp_times = 8
+    # Truncation bound of the Chebyshev walk, relative to each map's maximum; 0 = the plain
+    # num_steps sparse products (`wsss.ops.random_walk`).
+    walk_tol: float = 1e-6
     cam_power: float = 1.0  # CAMs are raised to this before the walk (AMN: 1.3)
     bg_threshold: float = 0.25  # IRN `sem_seg_bg_thres`
 
@@ -210,7 +213,7 @@ def pseudo_mask(
     low = low.clamp_min(0).pow(cfg.cam_power)
     boundary = model.boundary(normalize_image(image)[None].to(device), size)
     walked = random_walk(low, boundary, radius=cfg.radius, beta=cfg.beta,
-                         num_steps=cfg.num_steps)
+                         num_steps=cfg.num_steps, tol=cfg.walk_tol)
     up = F.interpolate(walked[None], scale_factor=4, mode="bilinear",
                        align_corners=False)[0, :, :height, :width]
     up = up / up.max().clamp_min(1e-5)
@@ -306,8 +309,8 @@ def irn_stages(
                   f"{config_key}.train", f"{config_key}.train_radius",
                   f"{config_key}.backbone_weights")
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.beta",
-                 f"{config_key}.num_steps", f"{config_key}.cam_power",
-                 f"{config_key}.bg_threshold")
+                 f"{config_key}.num_steps", f"{config_key}.walk_tol",
+                 f"{config_key}.cam_power", f"{config_key}.bg_threshold")
     train_needs = (seed_stage, backbone_stage) if from_cam else (seed_stage,)
     return [
         Stage(train_name, train, needs=train_needs, depends_on=train_keys,
