@@ -9,6 +9,9 @@ column and squared `exp_times` times; the maps are multiplied by (1 − B) and b
 PSA reference, as in `jiwoon-ahn/psa: infer_aff.py`: the dense (N, N) affinity from pair
 affinities, ^β, column-normalised, squared `logt` times, maps (K, N) @ T.
 
+wsss keeps T sparse and applies T^t as a truncated Chebyshev expansion (96 sparse products for
+t = 256, truncation error <= 1e-6 of each map's maximum; `wsss.ops.random_walk`).
+
 The dense reference is O(N²) memory and O(N³ · t) time, so by default it runs at half the VOC
 stride-4 size (47x63); `--full` also runs it at 94x125 (minutes, about 2.5 GB). The sparse walk
 is always also measured at the VOC size, where the targets (>= 100x, <= 0.5 GB) apply. Usage:

@@ -289,8 +289,10 @@ def _chebyshev_coefficient(power: int, k: int) -> float:
     """c_k of x^power = Σ_k c_k T_k(x): 2^(1−t) C(t, (t−k)/2), halved for k = 0; 0 if t − k odd."""
     if k > power or (power - k) % 2:
         return 0.0
-    value = math.comb(power, (power - k) // 2) / 2.0 ** (power - 1)
-    return value / 2.0 if k == 0 else value
+    j = (power - k) // 2  # in log space: C(t, j) / 2^(t−1) overflows a float for large t
+    log_value = (math.lgamma(power + 1) - math.lgamma(j + 1) - math.lgamma(power - j + 1)
+                 - (power - 1) * math.log(2.0))
+    return math.exp(log_value) / (2.0 if k == 0 else 1.0)
 
 
 def _chebyshev_power(step: Tensor, y: Tensor, power: int, degree: int) -> Tensor:
