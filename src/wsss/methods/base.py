@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsss.config import RunConfig, select, to_dict
+from wsss.config import RunConfig, to_dict
 from wsss.data import build_dataset
 from wsss.data.transforms import build_train_transform
 from wsss.engine import distributed as dist
@@ -148,35 +148,21 @@ class Method(abc.ABC):
                      description="generate (synthetic) and validate every split")
 
     def train_stage(self, name: str = "train_cam", needs: tuple[str, ...] = ("data",),
-                    depends_on: tuple[str, ...] = (), *, train_key: str = "train",
-                    dataset_fn: Callable[[StageContext, Any], Any] | None = None,
+                    depends_on: tuple[str, ...] = (), *,
                     description: str = "train the network on image-level labels") -> Stage:
-        """Train `build_model` with `training_step` through the `Trainer`.
-
-        Args:
-            train_key: dotted key of the `TrainConfig` to use (e.g. "method.amn_train" for a
-                second network); it replaces "train" in the fingerprint.
-            dataset_fn: (ctx, train config) → training dataset; default: the training split with
-                the config's augmentation.
-        """
+        """Train `build_model` with `training_step` through the `Trainer`, on the training split
+        with the `train` config's augmentation. Methods with a second network (IRN, AffinityNet,
+        AuxSegNet rounds) build their own stages around `fit_model`."""
         def run(ctx: StageContext) -> dict[str, Any]:
-            t = select(ctx.cfg, train_key)
-            if dataset_fn is not None:
-                dataset = dataset_fn(ctx, t)
-            elif train_key == "train":
-                dataset = self.dataset(ctx.cfg.data.train_split, train=True)
-            else:
-                dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.train_split,
-                                        transform=train_transform(t))
+            t = ctx.cfg.train
+            dataset = self.dataset(ctx.cfg.data.train_split, train=True)
             model = self.build_model(dataset.num_classes)
             return fit_model(ctx, model=model, step_fn=self.training_step,
                              param_groups=self.param_groups(model, t.lr), dataset=dataset,
                              train_cfg=t, meta=self.checkpoint_meta(dataset),
                              on_epoch_start=self.on_epoch_start)
 
-        keys = TRAIN_KEYS if train_key == "train" else (
-            tuple(k for k in TRAIN_KEYS if k != "train") + (train_key,))
-        return Stage(name, run, needs=needs, depends_on=keys + self.train_keys + depends_on,
+        return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + self.train_keys + depends_on,
                      description=description)
 
     def make_cam_stage(

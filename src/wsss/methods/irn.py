@@ -123,7 +123,7 @@ class SeedDataset(Dataset):
 
 
 def seed_dataset(seed_stage: str) -> Any:
-    """A `train_stage` dataset_fn: the infer split's images with `seed_stage`'s masks."""
+    """IRNet's training set: the infer split's images with `seed_stage`'s masks."""
 
     def build(ctx: StageContext, train_cfg: Any) -> SeedDataset:
         base = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
