@@ -66,6 +66,8 @@ def test_chebyshev_degree_known_values() -> None:
     assert chebyshev_degree(0, 1e-9) == 0
     # The mass is binomial with sd √t/2 = 8 for t = 256: ~6 sd of tail ≈ 1e-9.
     assert 80 <= chebyshev_degree(256, 1e-9) <= 110
+    # Long walks: ~6 sd = 6·√t, computed in log space (2^4095 overflows a float).
+    assert 300 <= chebyshev_degree(4096, 1e-9) <= 450
     # A smaller tolerance never allows a smaller degree.
     degrees = [chebyshev_degree(64, 10.0 ** -e) for e in range(1, 15)]
     assert degrees == sorted(degrees)
