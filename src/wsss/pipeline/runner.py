@@ -246,7 +246,8 @@ def run_pipeline(
 
 def format_resources(outcomes: list[StageOutcome]) -> str:
     """A table of per-stage status, wall time and peak resident memory."""
-    lines = [f"{'stage':<16}{'status':<10}{'seconds':>10}{'peak RSS MB':>14}"]
+    width = max([len("stage")] + [len(o.name) for o in outcomes]) + 2  # long names stay apart
+    lines = [f"{'stage':<{width}}{'status':<10}{'seconds':>10}{'peak RSS MB':>14}"]
     for o in outcomes:
-        lines.append(f"{o.name:<16}{o.status:<10}{o.seconds:>10.1f}{o.peak_rss_mb:>14.0f}")
+        lines.append(f"{o.name:<{width}}{o.status:<10}{o.seconds:>10.1f}{o.peak_rss_mb:>14.0f}")
     return "\n".join(lines)
