@@ -247,7 +247,12 @@ def random_walk_pairs(
         return cams.clone()
     rows, cols, weights, degrees = _pair_weights(src, dst, affinity.to(cams.dtype), n, beta)
     step = _transposed_csr(rows, cols, weights / degrees[cols], n)
-    y = cams.reshape(k, n).t().contiguous()
+    y = cams.reshape(k, n).t()
+    if y.device.type == "cpu" and k % 4:
+        # The CPU sparse × dense kernel is ~1.7× faster per product for a multiple of 4
+        # columns (measured: 3 columns 0.27 ms, 4 columns 0.15 ms at 47×63); zero maps stay 0.
+        y = torch.cat([y, y.new_zeros(n, 4 - k % 4)], dim=1)
+    y = y.contiguous()
     degree = num_steps
     if tol > 0 and num_steps > 1:
         # ‖p(M)y − Mᵗy‖∞ ≤ δ·√(N·d_max/d_min)·max|y| for M = D⁻¹A (module docstring), with d
@@ -263,7 +268,7 @@ def random_walk_pairs(
                 y = torch.sparse.mm(step, y)
         else:
             y = _chebyshev_power(step, y, num_steps, degree)
-    return y.t().reshape(k, h, w)
+    return y[:, :k].t().reshape(k, h, w)
 
 
 def chebyshev_degree(power: int, tol: float) -> int:
