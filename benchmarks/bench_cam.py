@@ -8,10 +8,11 @@ scale, the rescaled image and its mirror as a batch of two in NCHW through the e
 stride-16-rounded size, cropped, summed over scales, then max-normalised for the present classes.
 FLOPs are counted over the convolutions (2 · MACs, from forward hooks); efficiency is
 FLOP / time / matmul rate, with the rate of a 2048² fp32 matmul measured in this process right
-before each timing round. Random weights: the cost of a forward pass does not depend on them.
+before and after each timed call (median over rounds of the per-call efficiency). Random
+weights: the cost of a forward pass does not depend on them.
 Usage:
 
-    python benchmarks/bench_cam.py [--repeats 3] [--bf16]
+    python benchmarks/bench_cam.py [--repeats 3] [--bf16] [--compile]
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def make_inputs(seed: int = 0):
     return image, labels
 
 
-def run(repeats: int = 3, bf16: bool = False) -> list[Row]:
+def run(repeats: int = 3, bf16: bool = False, compile: bool = False) -> list[Row]:
     torch.manual_seed(0)
     image, labels = make_inputs()
     cfg = load_config("configs/voc/cam_baseline.yaml", ["model.pretrained=none"])
@@ -95,35 +96,72 @@ def run(repeats: int = 3, bf16: bool = False) -> list[Row]:
     model = method.build_model(20).eval()
     flops = conv_flops(model, image)
     rows = []
-    ours_t, ref_t, rates = [], [], []
+    ours, ref = [], []
     with torch.inference_mode():
         method.infer_cams(model, image, labels)  # warm-up
         for _ in range(repeats):
-            rates.append(matmul_gflops())
-            began = time.perf_counter()
-            ref = cams_reference(model, image, labels)
-            ref_t.append(time.perf_counter() - began)
-            began = time.perf_counter()
-            cams, _ = method.infer_cams(model, image, labels)
-            ours_t.append(time.perf_counter() - began)
-        rates.append(matmul_gflops())
+            ref.append(_timed_with_rate(lambda: cams_reference(model, image, labels)))
+            ours.append(_timed_with_rate(lambda: method.infer_cams(model, image, labels)[0]))
         m_ours = measure(lambda: method.infer_cams(model, image, labels), repeats=1, warmup=0)
         m_ref = measure(lambda: cams_reference(model, image, labels), repeats=1, warmup=0)
-    rate = float(np.median(rates))
-    ours_s, ref_s = float(np.median(ours_t)), float(np.median(ref_t))
-    eff = flops / 1e9 / ours_s / rate
-    ref_eff = flops / 1e9 / ref_s / rate
-    agree = agreement(cams, ref, class_dim=0)
+    cams, ref_cams = ours[-1][0], ref[-1][0]
+    ours_s, ref_s = (float(np.median([t for _, t, _ in runs])) for runs in (ours, ref))
+    eff, ref_eff = _efficiency(ours, flops), _efficiency(ref, flops)
+    rate = float(np.median([r for _, _, r in ours + ref]))
+    agree = agreement(cams, ref_cams, class_dim=0)
     assert agree["argmax_equal"] and agree["max_abs_diff"] < 1e-4, agree
-    ratio = float(np.median([r / o for r, o in zip(ref_t, ours_t)]))
+    ratio = float(np.median([r[1] / o[1] for r, o in zip(ref, ours)]))
     rows.append(Row("CAMs R50 4 scales+flip 375x500", ours_s, ref_s, ">= 85% matmul",
                     eff >= 0.85, m_ours.peak_mb, m_ref.peak_mb,
                     f"max|Δ| {agree['max_abs_diff']:.1e}, argmax same",
                     f"{flops / 1e9:.0f} GFLOP, matmul {rate:.0f} GFLOP/s, efficiency "
                     f"{eff:.0%} (ref {ref_eff:.0%})", ratio_value=ratio))
+    if compile:
+        rows.append(_compiled_row(method, model, image, labels, cams, flops, repeats))
     if bf16:
         rows.append(_bf16_row(method, model, image, labels, cams, ours_s, repeats))
     return rows
+
+
+def _timed_with_rate(fn):
+    """(result, seconds, matmul GFLOP/s measured right before and after): the machine's speed
+    drifts by up to 1.7× within minutes, so each timing gets its own rate."""
+    before = matmul_gflops()
+    began = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - began
+    return result, seconds, (before + matmul_gflops()) / 2
+
+
+def _efficiency(runs, flops: int) -> float:
+    """Median over rounds of FLOP / time / that round's matmul rate."""
+    return float(np.median([flops / 1e9 / seconds / rate for _, seconds, rate in runs]))
+
+
+def _compiled_row(method, model, image, labels, cams_eager, flops, repeats) -> Row:
+    """`pipeline.compile`: the same inference through torch.compile, alternated with eager."""
+    def infer(compiled: bool):
+        method.cfg.pipeline.compile = compiled
+        return method.infer_cams(model, image, labels)[0]
+
+    eager, compiled = [], []
+    with torch.inference_mode():
+        began = time.perf_counter()
+        infer(True)  # compiles (dynamic shapes)
+        compile_s = time.perf_counter() - began
+        for _ in range(repeats):
+            eager.append(_timed_with_rate(lambda: infer(False)))
+            compiled.append(_timed_with_rate(lambda: infer(True)))
+    method.cfg.pipeline.compile = False
+    seconds, eager_s = (float(np.median([t for _, t, _ in runs])) for runs in (compiled, eager))
+    eff, eager_eff = _efficiency(compiled, flops), _efficiency(eager, flops)
+    agree = agreement(compiled[-1][0], cams_eager, class_dim=0)
+    assert agree["argmax_equal"] and agree["max_abs_diff"] < 1e-4, agree
+    return Row("CAMs compiled (pipeline.compile)", seconds, eager_s, ">= 85% matmul", eff >= 0.85,
+               None, None, f"max|Δ| {agree['max_abs_diff']:.1e} vs eager",
+               f"efficiency {eff:.0%} (eager in the same rounds {eager_eff:.0%}); compile "
+               f"{compile_s:.0f} s once; ratio = eager time / compiled time",
+               ratio_value=float(np.median([e[1] / c[1] for e, c in zip(eager, compiled)])))
 
 
 def _bf16_row(method, model, image, labels, cams32, fp32_s, repeats) -> Row:
@@ -149,9 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast inference")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch.compile path (pipeline.compile)")
     args = parser.parse_args()
     print(header("CAM generation"))
-    print(format_table(run(args.repeats, args.bf16)))
+    print(format_table(run(args.repeats, args.bf16, args.compile)))
 
 
 if __name__ == "__main__":

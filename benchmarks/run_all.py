@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time CAM inference through torch.compile (pipeline.compile)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--only", nargs="*", default=None,
                         help="subset of: pamr walk cam crf sweep train")
@@ -38,7 +40,7 @@ def main() -> None:
     suites = {
         "pamr": lambda: bench_pamr.run(args.repeats, args.quick),
         "walk": lambda: bench_random_walk.run(args.repeats, args.full),
-        "cam": lambda: bench_cam.run(args.repeats, args.bf16),
+        "cam": lambda: bench_cam.run(args.repeats, args.bf16, args.compile),
         "crf": lambda: bench_crf.run(args.repeats),
         "sweep": lambda: bench_sweep.run(args.repeats),
         "train": lambda: bench_train_step.run(args.repeats),

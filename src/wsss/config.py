@@ -141,6 +141,10 @@ class PipelineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
     workers: int = 1  # process pool for CPU-bound per-image work (dense CRF)
+    # torch.compile the BatchNorm-folded inference copy of CAM networks (inductor, dynamic
+    # shapes: one compile of 10-30 s on a CPU; identical maps; 1.0-1.2x on the 2-core CPU of
+    # docs/performance.md). Needs a C++ compiler on CPU. Outside every fingerprint.
+    compile: bool = False
     stages: list[str] | None = None  # None: all stages of the method
     # Logging and reports live here, outside every stage fingerprint, so switching them never
     # reruns a stage.

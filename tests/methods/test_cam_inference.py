@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,21 @@ def test_training_mode_model_is_used_as_is() -> None:
     _, model = _method_and_model(False)
     model.train()
     assert inference_model(model) == (model, False)
+
+
+@pytest.mark.slow
+def test_compiled_copy_gives_the_same_cams_for_any_image_size() -> None:
+    # `pipeline.compile`: torch.compile with dynamic shapes (one compile, ~20 s on a CPU).
+    method, model = _method_and_model(False)
+    method.cfg.pipeline.compile = True
+    labels = np.array([1, 1, 0], dtype=np.float32)
+    rng = np.random.default_rng(1)
+    with torch.inference_mode():
+        for size in ((45, 61), (52, 40)):
+            image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            compiled, _ = method.infer_cams(model, image, labels)
+            method.cfg.pipeline.compile = False
+            eager, _ = method.infer_cams(model, image, labels)
+            method.cfg.pipeline.compile = True
+            np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    assert inference_model(model)[0] is not inference_model(model, compile=True)[0]
