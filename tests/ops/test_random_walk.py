@@ -64,7 +64,7 @@ def test_chebyshev_degree_known_values() -> None:
     # t = 3: x³ = ¾T_1 + ¼T_3.
     assert chebyshev_degree(3, 0.2) == 3 and chebyshev_degree(3, 0.25) == 1
     assert chebyshev_degree(0, 1e-9) == 0
-    # The mass is binomial with sd √t/2 = 8 for t = 256: ~6 sd of tail ≈ 1e-9.
+    # k = t − 2j with j binomial (sd √t/2 = 8 for t = 256): k has sd 16, ~6 sd of tail ≈ 1e-9.
     assert 80 <= chebyshev_degree(256, 1e-9) <= 110
     # Long walks: ~6 sd = 6·√t, computed in log space (2^4095 overflows a float).
     assert 300 <= chebyshev_degree(4096, 1e-9) <= 450

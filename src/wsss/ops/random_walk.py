@@ -12,9 +12,9 @@ at stride 4, several times that while squaring). Here T is kept sparse — each 
 and the walk never forms a power of it: O(N·D) memory.
 
 The t-th power is evaluated as a truncated Chebyshev expansion, x^t = Σ_k c_k T_k(x) with
-c_k = 2^(1−t)·C(t, (t−k)/2): the coefficients are a binomial distribution of standard deviation
-√t / 2, so degree m ≈ t/2 + 6√t already drops less than 1e-9 of the mass (t = 256: 96 sparse
-products instead of 256). This is exact for any matrix whose spectrum lies in [−1, 1], which
+c_k = 2^(1−t)·C(t, (t−k)/2): over j = (t−k)/2 the coefficients are a binomial distribution
+(standard deviation √t/2), so they concentrate on degrees k ≲ a few √t and degree m ≈ 6√t
+already drops less than 1e-9 of the mass (t = 256: 96 sparse products instead of 256). This is exact for any matrix whose spectrum lies in [−1, 1], which
 holds here: Tᵀ = D⁻¹A is similar to the symmetric D^(−1/2) A D^(−1/2) and is row-stochastic.
 `chebyshev_degree` picks m from a stated tolerance; `tol=0` runs the plain t products.
 
@@ -318,7 +318,7 @@ def _transposed_csr(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Tenso
     """Tᵀ as a CSR (N, N) tensor from T's COO entries (each column of T becomes a row), with
     int32 indices where they fit: a third less memory traffic per product than int64."""
     index_dtype = torch.int32 if max(n, rows.numel()) < 2 ** 31 else torch.int64
-    if cols.device.type == "cpu":
+    if cols.device.type == "cpu" and not values.requires_grad:
         # scipy's COO → CSR is a counting sort, O(P); argsort costs ~5× more at VOC sizes.
         mat = scipy.sparse.csr_matrix((values.numpy(), (cols.numpy(), rows.numpy())),
                                       shape=(n, n))
