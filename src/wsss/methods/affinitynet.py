@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,11 @@ from wsss.config import TrainConfig, select
 from wsss.data import build_dataset
 from wsss.data.labels import BACKGROUND
 from wsss.data.transforms import normalize_image
-from wsss.engine.checkpoint import load_checkpoint, load_model_state, load_submodule_state
-from wsss.io import DataError, load_cams, load_image, save_cams, save_mask
+from wsss.io import DataError, load_cams, load_image, save_mask
 from wsss.methods import METHODS
-from wsss.methods.base import cams_to_masks, fit_model
+from wsss.methods.base import cams_to_masks
 from wsss.methods.cam_baseline import CamBaseline, CamBaselineConfig
-from wsss.methods.irn import seed_dataset
+from wsss.methods.irn import refiner_train_stage, refiner_walk_stage
 from wsss.models.affinitynet import AffinityNet
 from wsss.models.backbones import build_backbone
 from wsss.models.cam_classifier import CamClassifier
@@ -48,7 +48,7 @@ from wsss.ops.affinity import (
     neighbour_pairs,
 )
 from wsss.ops.random_walk import random_walk_pairs
-from wsss.pipeline.stages import Stage, StageContext, per_image
+from wsss.pipeline.stages import Stage, StageContext
 
 __all__ = [
     "AffinityNetConfig",
@@ -335,7 +335,6 @@ def affinitynet_stages(
     if a_cfg.distance not in ("mean", "sum"):
         raise ValueError(f"{config_key}.distance must be 'mean' or 'sum', got "
                          f"{a_cfg.distance!r}")
-    from_cam = a_cfg.backbone_weights == "cam"
 
     def make_labels(ctx: StageContext) -> dict[str, Any]:
         cfg: AffinityNetConfig = select(ctx.cfg, config_key)
@@ -343,52 +342,16 @@ def affinitynet_stages(
         return cams_to_masks(ctx, build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split),
                              cam_stage, _labels_one, params, desc=labels_name)
 
-    def build(ctx: StageContext) -> AffinityNet:
-        model = build_affinitynet(ctx.cfg, config_key=config_key, load_pretrained=not from_cam)
-        if from_cam:
-            load_submodule_state(model.backbone, ctx.stage_dir(backbone_stage) / "model.pt")
-        return model
+    def build(run_cfg: Any, *, load_pretrained: bool) -> AffinityNet:
+        return build_affinitynet(run_cfg, config_key=config_key, load_pretrained=load_pretrained)
 
-    def train(ctx: StageContext) -> dict[str, Any]:
-        cfg: AffinityNetConfig = select(ctx.cfg, config_key)
-        dataset = seed_dataset(labels_name)(ctx, cfg.train)
-        model = build(ctx)
-        backbone, head = model.param_groups()
-        groups = [{"params": backbone, "lr": cfg.train.lr},
-                  {"params": head, "lr": cfg.train.lr * cfg.train.head_lr_mult}]
-        meta = {**method.checkpoint_meta(dataset), "network": "affinitynet"}
-        radius, distance = cfg.radius, cfg.distance
-        return fit_model(ctx, model=model,
-                         step_fn=lambda net, batch: affinitynet_loss_terms(
-                             net, batch, radius=radius, distance=distance),
-                         param_groups=groups, dataset=dataset, train_cfg=cfg.train, meta=meta)
-
-    def make_masks(ctx: StageContext) -> dict[str, Any]:
-        cfg: AffinityNetConfig = select(ctx.cfg, config_key)
-        dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
-        model = build_affinitynet(ctx.cfg, config_key=config_key, load_pretrained=False)
-        path = ctx.stage_dir(train_name) / "model.pt"
-        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], str(path))
-        model = model.to(ctx.device).eval()
-        index = {n: i for i, n in enumerate(dataset.names)}
-        cam_dir = ctx.stage_dir(cam_stage) / "cams"
-        mask_dir, prob_dir = ctx.out_dir / "masks", ctx.out_dir / "probs"
-
-        def work(item: str) -> None:
-            cams, keys = load_cams(cam_dir / f"{item}.npz")
-            image = dataset.load_image(index[item])
-            if image.shape[:2] != cams.shape[-2:]:
-                raise DataError(f"{cam_dir / f'{item}.npz'}: CAMs are "
-                                f"{cams.shape[-1]}x{cams.shape[-2]} but the image is "
-                                f"{image.shape[1]}x{image.shape[0]}")
-            with torch.inference_mode():
-                mask, probs, probs_keys = affinity_walk(model, image, cams, keys, cfg=cfg,
-                                                        device=ctx.device)
-            save_cams(prob_dir / f"{item}.npz", probs, probs_keys)
-            save_mask(mask_dir / f"{item}.png", mask)  # written last: marks the item done
-
-        done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png", work, desc=mask_name)
-        return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
+    def walk(model: AffinityNet, image: np.ndarray, cam_file: Path, cfg: AffinityNetConfig,
+             device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cams, keys = load_cams(cam_file)
+        if image.shape[:2] != cams.shape[-2:]:
+            raise DataError(f"{cam_file}: CAMs are {cams.shape[-1]}x{cams.shape[-2]} but the "
+                            f"image is {image.shape[1]}x{image.shape[0]}")
+        return affinity_walk(model, image, cams, keys, cfg=cfg, device=device)
 
     label_keys = ("data.infer_split", f"{config_key}.low_alpha", f"{config_key}.high_alpha",
                   f"{config_key}.label_crf")
@@ -399,15 +362,20 @@ def affinitynet_stages(
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.distance",
                  f"{config_key}.walk_alpha", f"{config_key}.beta", f"{config_key}.num_steps",
                  f"{config_key}.walk_tol", f"{config_key}.walk_pairs")
-    train_needs = (labels_name, backbone_stage) if from_cam else (labels_name,)
     return [
         Stage(labels_name, make_labels, needs=(cam_stage,), depends_on=label_keys,
               description="AffinityNet labels: CRF at α_low / α_high → fg / bg / 255"),
         method.eval_masks_stage(eval_labels_name, labels_name),
-        Stage(train_name, train, needs=train_needs, depends_on=train_keys,
-              description="train AffinityNet on the affinity labels"),
-        Stage(mask_name, make_masks, needs=(train_name, cam_stage), depends_on=walk_keys,
-              description="random walk of the CAMs on AffinityNet affinities → pseudo-masks"),
+        refiner_train_stage(
+            method, train_name, labels_stage=labels_name, backbone_stage=backbone_stage,
+            config_key=config_key, build=build, network="affinitynet",
+            step_fn=lambda cfg: lambda net, batch: affinitynet_loss_terms(
+                net, batch, radius=cfg.radius, distance=cfg.distance),
+            depends_on=train_keys, description="train AffinityNet on the affinity labels"),
+        refiner_walk_stage(
+            mask_name, train_stage=train_name, cam_stage=cam_stage, config_key=config_key,
+            build=build, walk=walk, depends_on=walk_keys,
+            description="random walk of the CAMs on AffinityNet affinities → pseudo-masks"),
         method.eval_masks_stage(eval_name, mask_name),
     ]
 

@@ -10,6 +10,7 @@ Follows `jiwoon-ahn/irn: step/train_irn.py`, `step/make_sem_seg_labels.py`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -130,6 +131,73 @@ def seed_dataset(seed_stage: str) -> Any:
         return SeedDataset(base, ctx.stage_dir(seed_stage) / "masks", train_transform(train_cfg))
 
     return build
+
+
+def refiner_train_stage(
+    method: Any, name: str, *, labels_stage: str, backbone_stage: str, config_key: str,
+    build: Callable[..., nn.Module], step_fn: Callable[[Any], Callable[..., Any]], network: str,
+    depends_on: tuple[str, ...], description: str,
+) -> Stage:
+    """Training stage of a refinement network (IRNet, AffinityNet) on another stage's masks.
+
+    The config at `config_key` holds `train` (a `TrainConfig`) and `backbone_weights`: "cam"
+    copies `backbone_stage`'s backbone into the network, "pretrained" keeps `model.pretrained`.
+    `build(run_cfg, load_pretrained=...)` makes the network, whose `param_groups()` gives (base,
+    head) parameters (lr and lr × `head_lr_mult`); `step_fn(cfg)` gives the trainer's step.
+    """
+    from_cam = select(method.cfg, config_key).backbone_weights == "cam"
+
+    def train(ctx: StageContext) -> dict[str, Any]:
+        cfg = select(ctx.cfg, config_key)
+        dataset = seed_dataset(labels_stage)(ctx, cfg.train)
+        model = build(ctx.cfg, load_pretrained=not from_cam)
+        if from_cam:
+            load_submodule_state(model.backbone, ctx.stage_dir(backbone_stage) / "model.pt")
+        base, head = model.param_groups()
+        groups = [{"params": base, "lr": cfg.train.lr},
+                  {"params": head, "lr": cfg.train.lr * cfg.train.head_lr_mult}]
+        meta = {**method.checkpoint_meta(dataset), "network": network}
+        return fit_model(ctx, model=model, step_fn=step_fn(cfg), param_groups=groups,
+                         dataset=dataset, train_cfg=cfg.train, meta=meta)
+
+    needs = (labels_stage, backbone_stage) if from_cam else (labels_stage,)
+    return Stage(name, train, needs=needs, depends_on=depends_on, description=description)
+
+
+def refiner_walk_stage(
+    name: str, *, train_stage: str, cam_stage: str, config_key: str,
+    build: Callable[..., nn.Module],
+    walk: Callable[[nn.Module, np.ndarray, Path, Any, torch.device],
+                   tuple[np.ndarray, np.ndarray, np.ndarray]],
+    depends_on: tuple[str, ...], description: str,
+) -> Stage:
+    """Pseudo-mask stage of a refinement network: for every infer-split image,
+    `walk(model, image (H, W, 3) uint8, CAM file path, cfg, device)` → (mask (H, W), probs
+    (K, H, W), keys (K,)), written as `masks/<name>.png` and `probs/<name>.npz`."""
+
+    def make_masks(ctx: StageContext) -> dict[str, Any]:
+        cfg = select(ctx.cfg, config_key)
+        dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
+        model = build(ctx.cfg, load_pretrained=False)
+        path = ctx.stage_dir(train_stage) / "model.pt"
+        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], str(path))
+        model = model.to(ctx.device).eval()
+        index = {n: i for i, n in enumerate(dataset.names)}
+        cam_dir = ctx.stage_dir(cam_stage) / "cams"
+        mask_dir, prob_dir = ctx.out_dir / "masks", ctx.out_dir / "probs"
+
+        def work(item: str) -> None:
+            image = dataset.load_image(index[item])
+            with torch.inference_mode():
+                mask, probs, keys = walk(model, image, cam_dir / f"{item}.npz", cfg, ctx.device)
+            save_cams(prob_dir / f"{item}.npz", probs, keys)
+            save_mask(mask_dir / f"{item}.png", mask)  # written last: marks the item done
+
+        done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png", work, desc=name)
+        return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
+
+    return Stage(name, make_masks, needs=(train_stage, cam_stage), depends_on=depends_on,
+                 description=description)
 
 
 def build_irnet(cfg: Any, *, load_pretrained: bool = True) -> IRNet:
@@ -258,52 +326,14 @@ def irn_stages(
     """
     train_name, mask_name, eval_name = names
     irn_cfg: IrnConfig = select(method.cfg, config_key)
-    from_cam = irn_cfg.backbone_weights == "cam"
     if irn_cfg.backbone_weights not in ("cam", "pretrained"):
         raise ValueError(f"{config_key}.backbone_weights must be 'cam' or 'pretrained', got "
                          f"{irn_cfg.backbone_weights!r}")
 
-    def build(ctx: StageContext) -> IRNet:
-        model = build_irnet(ctx.cfg, load_pretrained=not from_cam)
-        if from_cam:
-            load_submodule_state(model.backbone, ctx.stage_dir(backbone_stage) / "model.pt")
-        return model
-
-    def train(ctx: StageContext) -> dict[str, Any]:
-        cfg: IrnConfig = select(ctx.cfg, config_key)
-        dataset = seed_dataset(seed_stage)(ctx, cfg.train)
-        model = build(ctx)
-        edge, dp = model.param_groups()
-        groups = [{"params": edge, "lr": cfg.train.lr},
-                  {"params": dp, "lr": cfg.train.lr * cfg.train.head_lr_mult}]
-        meta = {**method.checkpoint_meta(dataset), "network": "irnet"}
-        radius = cfg.train_radius
-        return fit_model(ctx, model=model,
-                         step_fn=lambda net, batch: irn_loss_terms(net, batch, radius=radius),
-                         param_groups=groups, dataset=dataset, train_cfg=cfg.train, meta=meta)
-
-    def make_masks(ctx: StageContext) -> dict[str, Any]:
-        cfg: IrnConfig = select(ctx.cfg, config_key)
-        dataset = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
-        model = build_irnet(ctx.cfg, load_pretrained=False)
-        path = ctx.stage_dir(train_name) / "model.pt"
-        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], str(path))
-        model = model.to(ctx.device).eval()
-        index = {n: i for i, n in enumerate(dataset.names)}
-        cam_dir = ctx.stage_dir(cam_stage) / "cams"
-        mask_dir, prob_dir = ctx.out_dir / "masks", ctx.out_dir / "probs"
-
-        def work(item: str) -> None:
-            cams, keys, strided = _load_cam_file(cam_dir / f"{item}.npz")
-            with torch.inference_mode():
-                mask, probs, probs_keys = pseudo_mask(
-                    model, dataset.load_image(index[item]), cams, keys, cams_strided=strided,
-                    cfg=cfg, device=ctx.device)
-            save_cams(prob_dir / f"{item}.npz", probs, probs_keys)
-            save_mask(mask_dir / f"{item}.png", mask)  # written last: marks the item done
-
-        done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png", work, desc=mask_name)
-        return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
+    def walk(model: IRNet, image: np.ndarray, cam_file: Path, cfg: IrnConfig,
+             device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cams, keys, strided = _load_cam_file(cam_file)
+        return pseudo_mask(model, image, cams, keys, cams_strided=strided, cfg=cfg, device=device)
 
     train_keys = ("data.root", "data.infer_split", "model", "pipeline.seed",
                   f"{config_key}.train", f"{config_key}.train_radius",
@@ -311,11 +341,17 @@ def irn_stages(
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.beta",
                  f"{config_key}.num_steps", f"{config_key}.walk_tol",
                  f"{config_key}.cam_power", f"{config_key}.bg_threshold")
-    train_needs = (seed_stage, backbone_stage) if from_cam else (seed_stage,)
     return [
-        Stage(train_name, train, needs=train_needs, depends_on=train_keys,
-              description="train IRNet (boundaries + displacements) on seed labels"),
-        Stage(mask_name, make_masks, needs=(train_name, cam_stage), depends_on=walk_keys,
-              description="random walk of the CAMs inside IRN boundaries → pseudo-masks"),
+        refiner_train_stage(
+            method, train_name, labels_stage=seed_stage, backbone_stage=backbone_stage,
+            config_key=config_key, build=build_irnet, network="irnet",
+            step_fn=lambda cfg: lambda net, batch: irn_loss_terms(net, batch,
+                                                                  radius=cfg.train_radius),
+            depends_on=train_keys,
+            description="train IRNet (boundaries + displacements) on seed labels"),
+        refiner_walk_stage(
+            mask_name, train_stage=train_name, cam_stage=cam_stage, config_key=config_key,
+            build=build_irnet, walk=walk, depends_on=walk_keys,
+            description="random walk of the CAMs inside IRN boundaries → pseudo-masks"),
         method.eval_masks_stage(eval_name, mask_name),
     ]
