@@ -10,6 +10,8 @@ from torch import nn
 from wsss.config import load_config
 from wsss.methods import build_method
 from wsss.methods.cam_baseline import inference_model, multiscale_cams
+from wsss.models.fused import FusedBlock
+from wsss.ops.winograd import WinogradConv2d
 
 
 def _method_and_model(frozen_bn: bool):
@@ -47,6 +49,27 @@ def test_folded_copy_gives_the_same_cams() -> None:
         expected = plain[[0, 2]] / (plain[[0, 2]].amax((1, 2), keepdim=True) + 1e-5)
         np.testing.assert_allclose(cams, expected.numpy(), atol=1e-4)
         assert keys.tolist() == [1, 3]
+
+
+def test_winograd_copy_gives_the_same_cams() -> None:
+    # ResNet-18 at output stride 16: the stride-1 3x3 convolutions with >= 256 input channels
+    # (3 in layer3, all 4 of layer4, whose first one keeps stride 1) become Winograd ones.
+    method, model = _method_and_model(False)
+    fast, _ = inference_model(model, winograd=True)
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 7
+    assert sum(isinstance(m, FusedBlock) for m in fast.modules()) == 8
+    direct, _ = inference_model(model, winograd=False)
+    assert not any(isinstance(m, WinogradConv2d) for m in direct.modules())
+    image = np.random.default_rng(2).integers(0, 255, (53, 70, 3), dtype=np.uint8)
+    kwargs = dict(scales=[1.0, 0.5, 1.5], flip=True, stride=model.backbone.output_stride,
+                  device=torch.device("cpu"))
+    with torch.inference_mode():
+        plain = multiscale_cams(model.cams, image, **kwargs)
+        winograd = multiscale_cams(fast.cams, image, channels_last=True, **kwargs)
+    torch.testing.assert_close(winograd, plain, rtol=0, atol=1e-4 * float(plain.max()))
+    # Both variants stay cached side by side (a benchmark alternates them).
+    assert inference_model(model, winograd=True)[0] is fast
+    assert inference_model(model, winograd=False)[0] is direct
 
 
 def test_copy_is_cached_and_rebuilt_after_a_weight_change() -> None:

@@ -21,7 +21,9 @@ from wsss.methods import METHODS
 from wsss.methods.base import Method
 from wsss.models.backbones import FrozenStatsBatchNorm2d, build_backbone
 from wsss.models.cam_classifier import CamClassifier
+from wsss.models.fused import fuse_blocks, fused_kernels_available
 from wsss.ops.cam import normalize_cams, strided_up_size
+from wsss.ops.winograd import WinogradConv2d
 from wsss.pipeline.stages import Stage
 
 
@@ -72,9 +74,13 @@ _FROZEN_BN = (FrozenStatsBatchNorm2d,)
 
 # Inference copies of CAM classifiers, rebuilt when a parameter or buffer of the original
 # changes (every in-place update, e.g. an optimiser step or `load_state_dict`, bumps `_version`).
-_INFERENCE_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]] = (
-    weakref.WeakKeyDictionary()
-)
+# Narrower 3×3 convolutions run at higher resolutions, where Winograd's memory-bound transforms
+# cost more than the multiply-adds they save (docs/performance.md).
+WINOGRAD_MIN_CHANNELS = 256
+# model -> {(compile, winograd, min channels): (state versions, prepared copy)}
+_INFERENCE_COPIES: weakref.WeakKeyDictionary[
+    nn.Module, dict[tuple[bool, bool, int], tuple[tuple[int, ...], nn.Module]]
+] = weakref.WeakKeyDictionary()
 
 
 def _state_versions(model: nn.Module) -> tuple[int, ...]:
@@ -114,27 +120,50 @@ def _fold_batchnorms(module: nn.Module) -> None:
         _fold_batchnorms(child)
 
 
-def inference_model(model: nn.Module, *, compile: bool = False) -> tuple[nn.Module, bool]:
+def _use_winograd(module: nn.Module, min_channels: int) -> None:
+    """Replace (in place) every eligible 3×3 convolution with at least `min_channels` input
+    channels by a `WinogradConv2d`."""
+    for name, child in module.named_children():
+        if WinogradConv2d.eligible(child) and child.in_channels >= min_channels:
+            setattr(module, name, WinogradConv2d(child))
+        else:
+            _use_winograd(child, min_channels)
+
+
+def inference_model(model: nn.Module, *, compile: bool = False, winograd: bool = False
+                    ) -> tuple[nn.Module, bool]:
     """A CAM classifier prepared for fast inference, and whether it wants channels-last input.
 
     For an eval-mode `CamClassifier`: a cached copy with the BatchNorms folded into the
     convolutions and channels-last weights (oneDNN's fastest layout on the CPU); identical maps
-    up to float rounding. With `compile`, the copy's `cams` goes through `torch.compile`
-    (dynamic shapes, so image sizes do not trigger recompiles). Any other model (or one in
-    training mode) is returned as is.
+    up to float rounding. On the CPU, the ResNet blocks then run with their ReLUs and residual
+    additions fused into the convolutions (`wsss.models.fused`), and with `winograd` the 3×3
+    stride-1 convolutions with at least `WINOGRAD_MIN_CHANNELS` input channels run as Winograd
+    F(4×4, 3×3) (`wsss.ops.winograd`; maps agree to about 1e-5 instead of 1e-6). With
+    `compile`, the copy's `cams` goes through `torch.compile` (dynamic shapes, so image sizes
+    do not trigger recompiles; inductor does its own fusion, so the blocks stay unfused). Any
+    other model (or one in training mode) is returned as is.
     """
     if not isinstance(model, CamClassifier) or model.training:
         return model, False
-    versions = _state_versions(model) + (compile,)
-    cached = _INFERENCE_COPIES.get(model)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    winograd = winograd and on_cpu
+    versions = _state_versions(model)
+    variant = (compile, winograd, WINOGRAD_MIN_CHANNELS)
+    copies = _INFERENCE_COPIES.setdefault(model, {})
+    cached = copies.get(variant)
     if cached is not None and cached[0] == versions:
         return cached[1], True
     prepared = copy.deepcopy(model).requires_grad_(False)
     _fold_batchnorms(prepared)
+    if winograd:
+        _use_winograd(prepared, WINOGRAD_MIN_CHANNELS)
+    if on_cpu and not compile and fused_kernels_available():
+        fuse_blocks(prepared)
     prepared = prepared.to(memory_format=torch.channels_last)
     if compile:
         prepared.cams = torch.compile(prepared.cams, dynamic=True)
-    _INFERENCE_COPIES[model] = (versions, prepared)
+    copies[variant] = (versions, prepared)
     return prepared, True
 
 
@@ -170,7 +199,8 @@ class CamBaseline(Method):
     def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
         device = next(model.parameters()).device
-        fast, channels_last = inference_model(model, compile=self.cfg.pipeline.compile)
+        fast, channels_last = inference_model(model, compile=self.cfg.pipeline.compile,
+                                               winograd=self.cfg.pipeline.winograd)
         cams = multiscale_cams(fast.cams, image, scales=list(self.mcfg.cam_scales),
                                flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
                                device=device, channels_last=channels_last)
