@@ -12,8 +12,9 @@ of a 2048² fp32 matmul measured in this process right before and after each tim
 over rounds of the per-call efficiency). `infer_cams` runs the wide 3x3 convolutions as Winograd
 F(4x4, 3x3) by default (`pipeline.winograd`), which does fewer multiply-adds for the same
 output: its efficiency is an effective rate, and the row also states the share of the matmul
-rate it actually executes; the `pipeline.winograd=false` row times oneDNN's direct
-convolutions. Random weights: the cost of a forward pass does not depend on them.
+rate it actually executes. The image and its mirror run as two concurrent single-view
+streams (`pipeline.view_streams`). The `pipeline.winograd=false` and `pipeline.view_streams=false`
+rows time the default path without each, alternated with it. Random weights: the cost of a forward pass does not depend on them.
 Usage:
 
     python benchmarks/bench_cam.py [--repeats 3] [--bf16] [--compile]
@@ -156,7 +157,8 @@ def run(repeats: int = 3, bf16: bool = False, compile: bool = False) -> list[Row
                     f"{eff:.0%} (ref {ref_eff:.0%}); Winograd executes {executed / 1e9:.0f} "
                     f"GFLOP: {eff * executed / flops:.0%} of the matmul rate executed",
                     ratio_value=ratio))
-    rows.append(_direct_row(method, model, image, labels, cams, flops, repeats))
+    for key in ("winograd", "view_streams"):
+        rows.append(_variant_row(method, model, image, labels, cams, flops, repeats, key))
     if compile:
         rows.append(_compiled_row(method, model, image, labels, cams, flops, repeats))
     if bf16:
@@ -179,29 +181,27 @@ def _efficiency(runs, flops: int) -> float:
     return float(np.median([flops / 1e9 / seconds / rate for _, seconds, rate in runs]))
 
 
-def _direct_row(method, model, image, labels, cams_winograd, flops, repeats) -> Row:
-    """`pipeline.winograd: false` (oneDNN's direct convolutions everywhere), alternated with
-    the default."""
-    def infer(winograd: bool):
-        method.cfg.pipeline.winograd = winograd
+def _variant_row(method, model, image, labels, cams_default, flops, repeats, key: str) -> Row:
+    """The default path with `pipeline.<key>: false`, alternated with the default."""
+    def infer(on: bool):
+        setattr(method.cfg.pipeline, key, on)
         return method.infer_cams(model, image, labels)[0]
 
-    direct, winograd = [], []
+    off, default = [], []
     with torch.inference_mode():
         infer(False)  # builds the variant's inference copy
         for _ in range(repeats):
-            direct.append(_timed_with_rate(lambda: infer(False)))
-            winograd.append(_timed_with_rate(lambda: infer(True)))
-    seconds, winograd_s = (float(np.median([t for _, t, _ in runs])) for runs in (direct, winograd))
-    eff, winograd_eff = _efficiency(direct, flops), _efficiency(winograd, flops)
-    agree = agreement(direct[-1][0], cams_winograd, class_dim=0)
+            off.append(_timed_with_rate(lambda: infer(False)))
+            default.append(_timed_with_rate(lambda: infer(True)))
+    seconds, default_s = (float(np.median([t for _, t, _ in runs])) for runs in (off, default))
+    eff, default_eff = _efficiency(off, flops), _efficiency(default, flops)
+    agree = agreement(off[-1][0], cams_default, class_dim=0)
     assert agree["argmax_equal"] and agree["max_abs_diff"] < 1e-4, agree
-    return Row("CAMs direct 3x3 (pipeline.winograd=false)", seconds, winograd_s,
-               ">= 85% matmul", eff >= 0.85, None, None,
-               f"max|Δ| {agree['max_abs_diff']:.1e} vs Winograd",
-               f"efficiency {eff:.0%} (Winograd in the same rounds {winograd_eff:.0%}); "
-               "ratio = Winograd time / direct time",
-               ratio_value=float(np.median([w[1] / d[1] for w, d in zip(winograd, direct)])))
+    return Row(f"CAMs pipeline.{key}=false", seconds, default_s, ">= 85% matmul", eff >= 0.85,
+               None, None, f"max|Δ| {agree['max_abs_diff']:.1e} vs default",
+               f"efficiency {eff:.0%} (default in the same rounds {default_eff:.0%}); "
+               "ratio = default time / this time",
+               ratio_value=float(np.median([d[1] / o[1] for d, o in zip(default, off)])))
 
 
 def _compiled_row(method, model, image, labels, cams_eager, flops, repeats) -> Row:

@@ -149,6 +149,9 @@ class PipelineConfig:
     # multiply-adds, maps equal up to ~1e-5 (direct: ~1e-6). false = oneDNN's direct
     # convolution everywhere. Outside every fingerprint (docs/performance.md).
     winograd: bool = True
+    # CPU CAM inference runs the image and its mirror as two concurrent single-view streams,
+    # each with half the intra-op threads (false: one batch of two). Outside every fingerprint.
+    view_streams: bool = True
     stages: list[str] | None = None  # None: all stages of the method
     # Logging and reports live here, outside every stage fingerprint, so switching them never
     # reruns a stage.

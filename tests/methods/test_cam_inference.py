@@ -9,7 +9,7 @@ from torch import nn
 
 from wsss.config import load_config
 from wsss.methods import build_method
-from wsss.methods.cam_baseline import inference_model, multiscale_cams
+from wsss.methods.cam_baseline import inference_model, multiscale_cams, per_view_streams
 from wsss.models.fused import FusedBlock
 from wsss.ops.winograd import WinogradConv2d
 
@@ -70,6 +70,47 @@ def test_winograd_copy_gives_the_same_cams() -> None:
     # Both variants stay cached side by side (a benchmark alternates them).
     assert inference_model(model, winograd=True)[0] is fast
     assert inference_model(model, winograd=False)[0] is direct
+
+
+def test_view_streams_give_the_same_cams_and_restore_the_thread_count() -> None:
+    method, model = _method_and_model(False)
+    fast, _ = inference_model(model, winograd=True)
+    image = np.random.default_rng(3).integers(0, 255, (41, 57, 3), dtype=np.uint8)
+    kwargs = dict(scales=[1.0, 0.5, 2.0], flip=True, stride=model.backbone.output_stride,
+                  device=torch.device("cpu"), channels_last=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # streams need more than one intra-op thread
+    try:
+        with torch.inference_mode():
+            batched = multiscale_cams(fast.cams, image, **kwargs)
+            streamed = multiscale_cams(fast.cams, image, view_streams=True, **kwargs)
+            assert torch.get_num_threads() == 2
+        torch.testing.assert_close(streamed, batched, rtol=0, atol=1e-5 * float(batched.max()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_view_streams_carry_the_grad_mode_and_raise_a_stream_error() -> None:
+    seen = []
+
+    def cam_fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled(), x.shape[0]))
+        return x * 2
+
+    batches = [torch.ones(2, 3, 4, 5), torch.ones(2, 3, 2, 3)]
+    with torch.no_grad():
+        out = per_view_streams(cam_fn, batches)
+    assert [o.shape for o in out] == [b.shape for b in batches]
+    assert seen == [(False, False, 1)] * 4
+    with torch.inference_mode():
+        per_view_streams(cam_fn, batches)
+    assert seen[4:] == [(False, True, 1)] * 4
+
+    def failing(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("view failed")
+
+    with pytest.raises(RuntimeError, match="view failed"):
+        per_view_streams(failing, batches)
 
 
 def test_copy_is_cached_and_rebuilt_after_a_weight_change() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class CamBaselineConfig:
 
 def multiscale_cams(
     cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
-    device: torch.device, channels_last: bool = False,
+    device: torch.device, channels_last: bool = False, view_streams: bool = False,
 ) -> torch.Tensor:
     """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
     resized to the stride-rounded full size and the scales are summed.
@@ -52,22 +53,62 @@ def multiscale_cams(
         cam_fn: images (B, 3, h, w) → non-negative maps (B, C, h/s, w/s).
         image: uint8 (H, W, 3).
         channels_last: pass the views to `cam_fn` in channels-last (NHWC) memory format.
+        view_streams: on the CPU with `flip`, more than one intra-op thread and no autocast,
+            run the image and its mirror as two concurrent streams (`per_view_streams`) instead
+            of one batch of two.
 
     Returns:
         float32 (C, H, W), not normalised.
     """
     height, width = image.shape[:2]
     up = strided_up_size((height, width), stride)
-    total = None
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    for scale in scales:
-        views = scaled_views(image, scale, flip=flip).to(device)
-        maps = cam_fn(views.contiguous(memory_format=layout))
+    batches = [scaled_views(image, scale, flip=flip).to(device).contiguous(memory_format=layout)
+               for scale in scales]
+    if (view_streams and flip and device.type == "cpu" and torch.get_num_threads() > 1
+            and not torch.is_autocast_enabled("cpu")):  # autocast state is per thread
+        outputs = per_view_streams(cam_fn, batches)
+    else:
+        outputs = [cam_fn(views) for views in batches]
+    total = None
+    for maps in outputs:
         merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
         merged = F.interpolate(merged[None].float(), size=up, mode="bilinear",
                                align_corners=False)[0, :, :height, :width]
         total = merged if total is None else total + merged
     return total
+
+
+def per_view_streams(cam_fn: Any, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`[cam_fn(b) for b in batches]`, with each view (batch row) in its own Python thread over
+    all batches, and the intra-op threads split between the streams (1 each on 2 cores).
+
+    On a small CPU, one stream per view keeps each convolution on its own cores without
+    OpenMP barriers between them, and one stream's memory-bound layers overlap the other's
+    compute-bound ones (docs/performance.md). The caller's grad / inference mode carries over;
+    the thread count is restored afterwards (the setting is per thread in OpenMP, but torch
+    also keeps it process-wide for threads it has not seen yet).
+
+    Args:
+        batches: (V, 3, h_i, w_i) each, all with the same V (views).
+    Returns:
+        (V, C, h_i', w_i') per batch, as `cam_fn` returns them.
+    """
+    views = batches[0].shape[0]
+    threads = torch.get_num_threads()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def stream(index: int) -> list[torch.Tensor]:
+        torch.set_num_threads(max(1, threads // views))
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return [cam_fn(batch[index:index + 1]) for batch in batches]
+
+    try:
+        with ThreadPoolExecutor(views, thread_name_prefix="wsss-view") as pool:
+            per_view = list(pool.map(stream, range(views)))
+    finally:
+        torch.set_num_threads(threads)
+    return [torch.cat(maps) for maps in zip(*per_view)]
 
 
 _FROZEN_BN = (FrozenStatsBatchNorm2d,)
@@ -203,7 +244,9 @@ class CamBaseline(Method):
                                                winograd=self.cfg.pipeline.winograd)
         cams = multiscale_cams(fast.cams, image, scales=list(self.mcfg.cam_scales),
                                flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
-                               device=device, channels_last=channels_last)
+                               device=device, channels_last=channels_last,
+                               view_streams=(channels_last and self.cfg.pipeline.view_streams
+                                             and not self.cfg.pipeline.compile))
         present = np.flatnonzero(labels > 0)
         cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
         return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
