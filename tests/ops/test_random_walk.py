@@ -187,3 +187,58 @@ def test_pair_walk_rejects_bad_pairs() -> None:
     with pytest.raises(ValueError, match="one length"):
         random_walk_pairs(cams, torch.tensor([0, 1]), torch.tensor([2]), torch.ones(1), beta=1.0,
                           num_steps=1)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-4])
+def test_truncated_walk_error_within_its_bound_for_loose_tolerances(tol: float) -> None:
+    # Loose tolerances make the truncation, not rounding, the error: the bound from the degrees
+    # and the maps (`_error_gain`) must hold for peaked and for spread-out maps.
+    gen = torch.Generator().manual_seed(7)
+    for seed in range(3):
+        b = _boundary(11, 12)
+        b[seed + 2, :] = 0.9
+        spread = torch.rand(2, 11, 12, generator=gen, dtype=torch.float64)
+        peaked = torch.zeros(2, 11, 12, dtype=torch.float64)
+        peaked[0, seed, seed + 1] = 1.0
+        peaked[1, 10 - seed, 3] = 0.5
+        for cams in (spread, peaked):
+            exact = random_walk(cams, b, radius=5, beta=10.0, num_steps=128, tol=0.0)
+            walked = random_walk(cams, b, radius=5, beta=10.0, num_steps=128, tol=tol)
+            error = (walked - exact).abs().amax(dim=(1, 2))
+            assert torch.all(error <= tol * cams.abs().amax(dim=(1, 2)))
+
+
+def test_walk_follows_the_pair_content_not_the_tensor() -> None:
+    # The CSR layout is cached per pair set; changing the pairs in place must not reuse it.
+    src, dst, aff = _feature_pairs(6, 11, window=True)
+    cams = torch.rand(2, 6, 11, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    first = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=16, tol=0.0)
+    torch.testing.assert_close(first, random_walk_pairs_dense(cams, src, dst, aff, beta=8.0,
+                                                              exp_times=4))
+    src[:3], dst[:3] = dst[:3].clone(), torch.tensor([65, 64, 63])  # different, valid pairs
+    second = random_walk_pairs(cams, src, dst, aff, beta=8.0, num_steps=16, tol=0.0)
+    torch.testing.assert_close(second, random_walk_pairs_dense(cams, src, dst, aff, beta=8.0,
+                                                               exp_times=4))
+    assert not torch.allclose(first, second)
+    # Equal pairs in new tensors give the same walk.
+    again = random_walk_pairs(cams, src.clone(), dst.clone(), aff, beta=8.0, num_steps=16,
+                              tol=0.0)
+    assert torch.equal(again, second)
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-6])
+def test_pair_walk_is_differentiable_in_the_affinities(tol: float) -> None:
+    src, dst, aff = _feature_pairs(6, 11, window=False)
+    cams = torch.rand(2, 6, 11, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    src, dst, aff = src[::4], dst[::4], aff[::4].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a: random_walk_pairs(cams, src, dst, a, beta=3.0, num_steps=8, tol=tol), (aff,))
+
+
+def test_integer_power_by_squaring_matches_pow() -> None:
+    from wsss.ops.random_walk import _power
+
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    for beta in (1, 2, 8, 10, 13.0):
+        torch.testing.assert_close(_power(x, beta), x.pow(beta), rtol=1e-14, atol=0)
+    assert torch.equal(_power(x, 2.5), x.pow(2.5))

@@ -14,9 +14,14 @@ and the walk never forms a power of it: O(N·D) memory.
 The t-th power is evaluated as a truncated Chebyshev expansion, x^t = Σ_k c_k T_k(x) with
 c_k = 2^(1−t)·C(t, (t−k)/2): over j = (t−k)/2 the coefficients are a binomial distribution
 (standard deviation √t/2), so they concentrate on degrees k ≲ a few √t and degree m ≈ 6√t
-already drops less than 1e-9 of the mass (t = 256: 96 sparse products instead of 256). This is exact for any matrix whose spectrum lies in [−1, 1], which
-holds here: Tᵀ = D⁻¹A is similar to the symmetric D^(−1/2) A D^(−1/2) and is row-stochastic.
-`chebyshev_degree` picks m from a stated tolerance; `tol=0` runs the plain t products.
+already drops less than 1e-9 of the mass (t = 256: 90-96 sparse products instead of 256). This
+is exact for any matrix whose spectrum lies in [−1, 1], which holds here: Tᵀ = D⁻¹A is similar
+to the symmetric D^(−1/2) A D^(−1/2) and is row-stochastic. Dropping mass δ changes a walked map
+by at most δ·‖D^(1/2) y‖₂ / √d_min (`_error_gain`); `chebyshev_degree` picks the smallest m
+for a stated tolerance; `tol=0` runs the plain t products.
+
+T's CSR layout depends only on the pairs, i.e. on the map size and radius, so it is built once
+per size (`_PatternCache`) and each map only fills in the values, normalised in float64.
 
 `random_walk_pairs` walks on any affinities given per pair (PSA: exp(−mean |f_i − f_j|) of
 AffinityNet features); `random_walk` is IRN's special case with a_ij = 1 − max of the boundary
@@ -30,7 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 
-import scipy.sparse
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -204,9 +209,10 @@ def random_walk(
     if cams.ndim != 3 or tuple(cams.shape[-2:]) != tuple(b.shape):
         raise ValueError(f"cams {tuple(cams.shape)} must be (K, h, w) with (h, w) = "
                          f"{tuple(b.shape)}")
-    src, dst, aff = affinity_pairs(b, radius)
-    return random_walk_pairs(cams * (1.0 - b), src, dst, aff, beta=beta, num_steps=num_steps,
-                             tol=tol)
+    with single_cpu_thread(b.device.type == "cpu"):  # ~100 small slicing ops
+        src, dst, aff = affinity_pairs(b, radius)
+        return random_walk_pairs(cams * (1.0 - b), src, dst, aff, beta=beta,
+                                 num_steps=num_steps, tol=tol)
 
 
 def random_walk_pairs(
@@ -245,23 +251,21 @@ def random_walk_pairs(
     _check_pairs(src, dst, affinity, n)
     if k == 0:
         return cams.clone()
-    rows, cols, weights, degrees = _pair_weights(src, dst, affinity.to(cams.dtype), n, beta)
-    step = _transposed_csr(rows, cols, weights / degrees[cols], n)
-    y = cams.reshape(k, n).t()
-    if y.device.type == "cpu" and k % 4:
-        # The CPU sparse × dense kernel is ~1.7× faster per product for a multiple of 4
-        # columns (measured: 3 columns 0.27 ms, 4 columns 0.15 ms at 47×63); zero maps stay 0.
-        y = torch.cat([y, y.new_zeros(n, 4 - k % 4)], dim=1)
-    y = y.contiguous()
-    degree = num_steps
-    if tol > 0 and num_steps > 1:
-        # ‖p(M)y − Mᵗy‖∞ ≤ δ·√(N·d_max/d_min)·max|y| for M = D⁻¹A (module docstring), with d
-        # the degrees of A^β: the unit diagonal makes d ≥ 1.
-        spread = math.sqrt(n * float(degrees.max()) / float(degrees.min()))
-        degree = chebyshev_degree(num_steps, tol / spread)
-    # Each step is a small sparse product; on the CPU, intra-op threads cost more in
-    # synchronisation than they save (40× slower on a loaded 2-core machine), so use one.
-    with single_cpu_thread(y.device.type == "cpu"):
+    # Building T and each step are small ops; on the CPU, intra-op threads cost more in
+    # synchronisation than they save (the build 1.2× slower on 2 threads when idle, the products
+    # up to 40× on a loaded 2-core machine), so use one.
+    with single_cpu_thread(cams.device.type == "cpu"):
+        step, degrees = _walk_matrix(src, dst, affinity.to(cams.dtype), n, beta)
+        y = cams.reshape(k, n).t()
+        degree = num_steps
+        if tol > 0 and num_steps > 1:
+            degree = chebyshev_degree(num_steps, tol / _error_gain(y, degrees))
+        if y.device.type == "cpu" and k % 4:
+            # The CPU sparse × dense kernel is ~1.7× faster per product for a multiple of 4
+            # columns (measured: 3 columns 0.27 ms, 4 columns 0.15 ms at 47×63); zero maps
+            # stay 0.
+            y = torch.cat([y, y.new_zeros(n, 4 - k % 4)], dim=1)
+        y = y.contiguous()
         if degree >= num_steps:
             for _ in range(num_steps):
                 # y ← y · T for row vectors y (K, N), i.e. Yᵀ ← Tᵀ · Yᵀ with Tᵀ in CSR.
@@ -302,37 +306,135 @@ def _chebyshev_coefficient(power: int, k: int) -> float:
 
 def _chebyshev_power(step: Tensor, y: Tensor, power: int, degree: int) -> Tensor:
     """p_m(M)·y ≈ M^power·y by the three-term recurrence T_{k+1} = 2M·T_k − T_{k−1}
-    (`degree` ≥ 1 sparse products; M (N, N) sparse, y (N, K))."""
-    previous, current = y, torch.sparse.mm(step, y)
+    (`degree` ≥ 1 sparse products; M (N, N) sparse, y (N, K)). Without autograd the recurrence
+    runs in place on two buffers (5 % faster per product on the CPU than a new output)."""
+    in_place = not (torch.is_grad_enabled() and (y.requires_grad or step.requires_grad))
+    previous, current = (y.clone() if in_place else y), torch.sparse.mm(step, y)
     out = _chebyshev_coefficient(power, 0) * previous + _chebyshev_coefficient(power, 1) * current
     for k in range(2, degree + 1):
-        previous, current = current, torch.sparse.addmm(previous, step, current,
-                                                        beta=-1.0, alpha=2.0)
+        if in_place:  # previous ← 2M·current − previous = T_k, then swap the names
+            previous, current = current, previous.addmm_(step, current, beta=-1.0, alpha=2.0)
+        else:
+            previous, current = current, torch.sparse.addmm(previous, step, current,
+                                                            beta=-1.0, alpha=2.0)
         coefficient = _chebyshev_coefficient(power, k)
         if coefficient:
             out.add_(current, alpha=coefficient)
     return out
 
 
-def _transposed_csr(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Tensor:
-    """Tᵀ as a CSR (N, N) tensor from T's COO entries (each column of T becomes a row), with
-    int32 indices where they fit: a third less memory traffic per product than int64."""
-    index_dtype = torch.int32 if max(n, rows.numel()) < 2 ** 31 else torch.int64
-    if cols.device.type == "cpu" and not values.requires_grad:
-        # scipy's COO → CSR is a counting sort, O(P); argsort costs ~5× more at VOC sizes.
-        mat = scipy.sparse.csr_matrix((values.numpy(), (cols.numpy(), rows.numpy())),
-                                      shape=(n, n))
-        crow, col = torch.from_numpy(mat.indptr), torch.from_numpy(mat.indices)
-        values = torch.from_numpy(mat.data)
-    else:
-        order = torch.argsort(cols * n + rows)
-        crow = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
-        crow[1:] = torch.cumsum(torch.bincount(cols, minlength=n), 0)
-        col, values = rows[order], values[order]
+def _walk_matrix(src: Tensor, dst: Tensor, affinity: Tensor, n: int, beta: float
+                 ) -> tuple[Tensor, Tensor]:
+    """(M, degrees): M = Tᵀ = D⁻¹A^β as a CSR (N, N) tensor and the degrees d (N,) of A^β, the
+    symmetric matrix with unit diagonal and A[src, dst] = A[dst, src] = affinity (all d ≥ 1).
+
+    Row i of M holds w/d_i for every pair with an end at i and 1/d_i on the diagonal. Where
+    those entries go (`_PairPattern`) depends only on the pairs, which are the same for every
+    map of one size; it is cached, so per map only the values are computed (one gather).
+    Differentiable in `affinity`.
+    """
+    pattern = _PATTERNS.lookup(src, dst, n)
+    # Rows normalised in float64: a row sum off one by ε scales the walked maps by about
+    # 1 + t·ε (t = 256), and float32 sums made the walk 4× less accurate.
+    weights = _power(affinity, beta).to(torch.float64)
+    degrees = (torch.ones(n, dtype=weights.dtype, device=weights.device)
+               .index_add(0, src, weights).index_add(0, dst, weights))
+    inverse = 1.0 / degrees
+    entries = torch.cat([weights * inverse.index_select(0, src),
+                         weights * inverse.index_select(0, dst), inverse]).to(affinity.dtype)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow.to(index_dtype), col.to(index_dtype), values,
-                                       (n, n), check_invariants=False)
+        matrix = torch.sparse_csr_tensor(pattern.crow, pattern.col,
+                                         entries.index_select(0, pattern.order), (n, n),
+                                         check_invariants=False)
+    return matrix, degrees
+
+
+def _power(x: Tensor, beta: float) -> Tensor:
+    """x^β, for an integer β in [1, 64] by repeated squaring (on the CPU ~8× faster than
+    `pow`, which calls the scalar power function per element)."""
+    if not (float(beta).is_integer() and 1 <= beta <= 64):
+        return x.pow(beta)
+    exponent, base, result = int(beta), x, None
+    while exponent:
+        if exponent & 1:
+            result = base if result is None else result * base
+        exponent >>= 1
+        if exponent:
+            base = base * base
+    return result
+
+
+class _PairPattern:
+    """CSR layout of M for pairs (src, dst) on N nodes: the entries [pairs at src; pairs at dst;
+    diagonal] (2P + N) sorted by (row, column), i.e. by the end they sit at, then the other.
+
+    `order` (2P + N,) int64 lists the entries in that order; `crow` (N + 1,) and `col` (2P + N,)
+    are the CSR indices, int32 where they fit (a third less memory traffic per product than
+    int64). Sorted columns are what autograd through the sparse product expects.
+    """
+
+    def __init__(self, src: Tensor, dst: Tensor, n: int) -> None:
+        nodes = torch.arange(n, device=src.device)
+        rows = torch.cat([src, dst, nodes])
+        cols = torch.cat([dst, src, nodes])
+        if rows.device.type == "cpu" and n <= 2 ** 16:
+            # Two stable argsorts of 16-bit keys (column, then row) are two numpy radix sorts
+            # (every VOC and COCO map at stride 4 fits): ~3 ms at 47×63 with PSA's radius 5,
+            # a sort of row·N + column in torch ~2-3× that.
+            keys = np.stack([rows.numpy(), cols.numpy()]).astype(np.uint16)
+            order = np.argsort(keys[1], kind="stable")
+            order = order[np.argsort(keys[0][order], kind="stable")]
+            order = torch.from_numpy(order)
+        else:
+            order = torch.sort(rows * n + cols).indices
+        index_dtype = torch.int32 if rows.numel() < 2 ** 31 else torch.int64
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=src.device)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+        self.order = order
+        self.crow = crow.to(index_dtype)
+        self.col = cols.index_select(0, order).to(index_dtype)
+
+
+class _PatternCache:
+    """The `_PairPattern`s of the last few pair sets, found by content: a dataset walks many
+    maps of a handful of sizes, and grouping the entries costs more than the values."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._entries: list[tuple[Tensor, Tensor, int, _PairPattern]] = []
+
+    def lookup(self, src: Tensor, dst: Tensor, n: int) -> _PairPattern:
+        for i, (s, d, m, pattern) in enumerate(self._entries):
+            if (m == n and s.device == src.device and s.shape == src.shape
+                    and torch.equal(s, src) and torch.equal(d, dst)):
+                self._entries.insert(0, self._entries.pop(i))
+                return pattern
+        pattern = _PairPattern(src, dst, n)
+        # Copies: a caller may change its index tensors in place after the call.
+        self._entries.insert(0, (src.clone(), dst.clone(), n, pattern))
+        del self._entries[self.size:]
+        return pattern
+
+
+_PATTERNS = _PatternCache()
+
+
+def _error_gain(y: Tensor, degrees: Tensor) -> float:
+    """g with ‖p(M)y − Mᵗy‖∞ ≤ δ·g·max|y| per column of y (N, K), for a polynomial p with
+    sup_[−1,1] |p(x) − xᵗ| ≤ δ and M = D⁻¹A (degrees d (N,), all ≥ 1).
+
+    M = D^(−1/2) S D^(1/2) with S = D^(−1/2) A D^(−1/2) symmetric and its spectrum in [−1, 1], so
+    ‖p(S) − Sᵗ‖₂ ≤ δ and |e_i| ≤ d_i^(−1/2)·δ·‖D^(1/2) y‖₂: g = max over columns of
+    ‖D^(1/2) y‖₂ / (√d_min · max|y|) ≤ √(N·d_max/d_min). Zero columns have no error.
+    """
+    y, degrees = y.detach(), degrees.detach()
+    peak = y.abs().amax(0)
+    if not bool((peak > 0).any()):
+        return 1.0
+    norms = (y * degrees.to(y).sqrt()[:, None]).norm(dim=0)
+    gain = norms[peak > 0] / peak[peak > 0]
+    return max(1.0, float(gain.max()) / math.sqrt(float(degrees.min())))
 
 
 def transition_matrix_dense(boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
