@@ -242,3 +242,19 @@ def test_integer_power_by_squaring_matches_pow() -> None:
     for beta in (1, 2, 8, 10, 13.0):
         torch.testing.assert_close(_power(x, beta), x.pow(beta), rtol=1e-14, atol=0)
     assert torch.equal(_power(x, 2.5), x.pow(2.5))
+
+
+def test_csr_layout_from_radix_sorts_equals_the_torch_sort(monkeypatch) -> None:
+    # The CPU layout comes from numpy radix sorts of 16-bit keys; larger maps and GPUs sort
+    # row·N + column with torch. Both give the same (row, column)-sorted CSR.
+    from wsss.ops import random_walk as rw
+
+    src, dst, _ = _feature_pairs(6, 11, window=True)
+    radix = rw._PairPattern(src, dst, 66)
+    monkeypatch.setattr(rw, "_RADIX_MAX_NODES", 0)
+    sorted_ = rw._PairPattern(src, dst, 66)
+    for name in ("order", "crow", "col"):
+        assert torch.equal(getattr(radix, name), getattr(sorted_, name)), name
+    rows = torch.repeat_interleave(torch.arange(66), radix.crow.diff().long())
+    keys = rows * 66 + radix.col.long()
+    assert torch.all(keys.diff() > 0)  # sorted by (row, column), no duplicate entry

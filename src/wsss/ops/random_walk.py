@@ -365,6 +365,9 @@ def _power(x: Tensor, beta: float) -> Tensor:
     return result
 
 
+_RADIX_MAX_NODES = 2 ** 16  # node indices that fit 16-bit sort keys
+
+
 class _PairPattern:
     """CSR layout of M for pairs (src, dst) on N nodes: the entries [pairs at src; pairs at dst;
     diagonal] (2P + N) sorted by (row, column), i.e. by the end they sit at, then the other.
@@ -378,7 +381,7 @@ class _PairPattern:
         nodes = torch.arange(n, device=src.device)
         rows = torch.cat([src, dst, nodes])
         cols = torch.cat([dst, src, nodes])
-        if rows.device.type == "cpu" and n <= 2 ** 16:
+        if rows.device.type == "cpu" and n <= _RADIX_MAX_NODES:
             # Two stable argsorts of 16-bit keys (column, then row) are two numpy radix sorts
             # (every VOC and COCO map at stride 4 fits): ~3 ms at 47×63 with PSA's radius 5,
             # a sort of row·N + column in torch ~2-3× that.
