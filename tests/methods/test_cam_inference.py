@@ -72,19 +72,35 @@ def test_winograd_copy_gives_the_same_cams() -> None:
     assert inference_model(model, winograd=False)[0] is direct
 
 
-def test_view_streams_give_the_same_cams_and_restore_the_thread_count() -> None:
+def test_view_streams_give_the_same_cams_and_restore_the_thread_count(monkeypatch) -> None:
+    import threading
+
+    from wsss.methods import cam_baseline
+
     method, model = _method_and_model(False)
     fast, _ = inference_model(model, winograd=True)
     image = np.random.default_rng(3).integers(0, 255, (41, 57, 3), dtype=np.uint8)
+    # Only the 2.0 scale (82x114 views) is large enough to be streamed here.
+    monkeypatch.setattr(cam_baseline, "STREAM_MIN_PIXELS", 82 * 114)
+    ran = []
+
+    def cam_fn(views):
+        ran.append((tuple(views.shape), threading.current_thread().name.startswith("wsss-view")))
+        return fast.cams(views)
+
     kwargs = dict(scales=[1.0, 0.5, 2.0], flip=True, stride=model.backbone.output_stride,
                   device=torch.device("cpu"), channels_last=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # streams need more than one intra-op thread
     try:
         with torch.inference_mode():
-            batched = multiscale_cams(fast.cams, image, **kwargs)
-            streamed = multiscale_cams(fast.cams, image, view_streams=True, **kwargs)
+            batched = multiscale_cams(cam_fn, image, **kwargs)
+            assert not any(streamed for _, streamed in ran)
+            ran.clear()
+            streamed = multiscale_cams(cam_fn, image, view_streams=True, **kwargs)
             assert torch.get_num_threads() == 2
+        assert sorted(ran) == sorted([((2, 3, 41, 57), False), ((2, 3, 20, 28), False),
+                                      ((1, 3, 82, 114), True), ((1, 3, 82, 114), True)])
         torch.testing.assert_close(streamed, batched, rtol=0, atol=1e-5 * float(batched.max()))
     finally:
         torch.set_num_threads(threads)

@@ -75,3 +75,18 @@ def test_unfolded_block_is_left_alone() -> None:
     assert holder[0] is block
     with pytest.raises(ValueError, match="folded BatchNorms"):
         FusedBlock(block)
+
+
+def test_fused_block_with_winograd_on_a_map_too_small_for_it() -> None:
+    # conv1 (3x3, 4 → 64) sees one tile: `WinogradConv2d.direct`, run as a fused oneDNN conv.
+    original = _randomise_bn(BasicBlock(4, 64, downsample=nn.Sequential(
+        nn.Conv2d(4, 64, 1, bias=False), nn.BatchNorm2d(64))))
+    folded = copy.deepcopy(original)
+    _fold_batchnorms(folded)
+    folded.conv1, folded.conv2 = WinogradConv2d(folded.conv1), WinogradConv2d(folded.conv2)
+    fused = FusedBlock(folded).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 4, 3, 4).contiguous(memory_format=torch.channels_last)
+    assert folded.conv1.direct(x)
+    with torch.inference_mode():
+        expected, got = original(x), fused(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))

@@ -74,3 +74,18 @@ def test_bad_shapes_name_the_problem() -> None:
         winograd_weight(torch.zeros(2, 2, 5, 5))
     with pytest.raises(ValueError, match="36, 3, O"):
         winograd_conv3x3(torch.zeros(1, 4, 4, 3), torch.zeros(36, 5, 2))
+
+
+def test_small_maps_run_the_direct_convolution() -> None:
+    # Fewer output tiles than O / 32: streaming 36 transformed weights per channel pair costs
+    # more than Winograd saves, so the module convolves directly; both paths give conv(x).
+    conv = nn.Conv2d(4, 96, 3, padding=1)
+    fast = WinogradConv2d(conv)
+    small = torch.randn(1, 4, 4, 8).contiguous(memory_format=torch.channels_last)  # 2 tiles
+    large = torch.randn(1, 4, 9, 8).contiguous(memory_format=torch.channels_last)  # 6 tiles
+    assert fast.direct(small) and not fast.direct(large)
+    assert not fast.direct(torch.cat([small, small]))  # tiles count over the batch
+    with torch.no_grad():
+        for x in (small, large):
+            torch.testing.assert_close(fast(x), conv(x), rtol=0, atol=1e-4)
+            assert fast(x).is_contiguous(memory_format=torch.channels_last)

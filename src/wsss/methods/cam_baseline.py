@@ -55,7 +55,7 @@ def multiscale_cams(
         channels_last: pass the views to `cam_fn` in channels-last (NHWC) memory format.
         view_streams: on the CPU with `flip`, more than one intra-op thread and no autocast,
             run the image and its mirror as two concurrent streams (`per_view_streams`) instead
-            of one batch of two.
+            of one batch of two, for the scales whose views have >= `STREAM_MIN_PIXELS`.
 
     Returns:
         float32 (C, H, W), not normalised.
@@ -65,11 +65,15 @@ def multiscale_cams(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     batches = [scaled_views(image, scale, flip=flip).to(device).contiguous(memory_format=layout)
                for scale in scales]
-    if (view_streams and flip and device.type == "cpu" and torch.get_num_threads() > 1
+    streamed = [i for i, views in enumerate(batches)
+                if views.shape[-2] * views.shape[-1] >= STREAM_MIN_PIXELS]
+    if not (view_streams and flip and device.type == "cpu" and torch.get_num_threads() > 1
             and not torch.is_autocast_enabled("cpu")):  # autocast state is per thread
-        outputs = per_view_streams(cam_fn, batches)
-    else:
-        outputs = [cam_fn(views) for views in batches]
+        streamed = []
+    outputs = [None if i in streamed else cam_fn(views) for i, views in enumerate(batches)]
+    if streamed:
+        for i, maps in zip(streamed, per_view_streams(cam_fn, [batches[i] for i in streamed])):
+            outputs[i] = maps
     total = None
     for maps in outputs:
         merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
@@ -77,6 +81,12 @@ def multiscale_cams(
                                align_corners=False)[0, :, :height, :width]
         total = merged if total is None else total + merged
     return total
+
+
+# Views smaller than this run as one batch: measured on 2 cores, streams ran 1.1-1.3x slower
+# for ResNet-18 at 160-500 px and for ResNet-50 at scales 1.0 and 0.5 of 375x500, and faster
+# only on the 1.5 and 2.0 scales (docs/performance.md).
+STREAM_MIN_PIXELS = 400_000
 
 
 def per_view_streams(cam_fn: Any, batches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ def fused_kernels_available() -> bool:
 
 def _conv(conv: nn.Module, x: torch.Tensor, relu: bool) -> torch.Tensor:
     """conv(x), then ReLU if `relu`; x (B, C, H, W) → (B, O, H', W')."""
-    if isinstance(conv, WinogradConv2d):
+    if isinstance(conv, WinogradConv2d) and not conv.direct(x):
         y = conv(x)
         return y.relu_() if relu else y
     return torch.ops.mkldnn._convolution_pointwise(
@@ -35,7 +35,7 @@ def _conv(conv: nn.Module, x: torch.Tensor, relu: bool) -> torch.Tensor:
 
 def _conv_add_relu(conv: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """ReLU(conv(x) + shortcut), in one oneDNN pass for a plain convolution."""
-    if isinstance(conv, WinogradConv2d):
+    if isinstance(conv, WinogradConv2d) and not conv.direct(x):
         return conv(x).add_(shortcut).relu_()
     return torch.ops.mkldnn._convolution_pointwise.binary(
         x, shortcut, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
