@@ -145,12 +145,14 @@ class PipelineConfig:
     # shapes: one compile of 10-30 s on a CPU; identical maps; 1.0-1.2x on the 2-core CPU of
     # docs/performance.md). Needs a C++ compiler on CPU. Outside every fingerprint.
     compile: bool = False
-    # CPU CAM inference runs the wide 3x3 convolutions as Winograd F(4x4, 3x3): 4x fewer
-    # multiply-adds, maps equal up to ~1e-5 (direct: ~1e-6). false = oneDNN's direct
-    # convolution everywhere. Outside every fingerprint (docs/performance.md).
+    # CPU CAM inference runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) where the map
+    # has enough 4x4 tiles: 4x fewer multiply-adds, maps equal up to ~1e-5 (direct: ~1e-6).
+    # false = oneDNN's direct convolution everywhere. Outside every fingerprint
+    # (docs/performance.md).
     winograd: bool = True
     # CPU CAM inference runs the image and its mirror as two concurrent single-view streams,
-    # each with half the intra-op threads (false: one batch of two). Outside every fingerprint.
+    # each with half the intra-op threads, for views of >= 400k pixels (false: one batch of
+    # two always). Outside every fingerprint.
     view_streams: bool = True
     stages: list[str] | None = None  # None: all stages of the method
     # Logging and reports live here, outside every stage fingerprint, so switching them never
