@@ -39,7 +39,7 @@ from wsss.data.transforms import normalize_image, pil_rescale  # noqa: E402
 from wsss.methods import build_method  # noqa: E402
 from wsss.methods.cam_baseline import WINOGRAD_MIN_CHANNELS  # noqa: E402
 from wsss.ops.cam import strided_up_size  # noqa: E402
-from wsss.ops.winograd import WinogradConv2d  # noqa: E402
+from wsss.ops.winograd import WinogradConv2d, direct_is_faster  # noqa: E402
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
 
@@ -64,13 +64,18 @@ def cams_reference(model, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return high.numpy()
 
 
-def conv_flops(model, image: np.ndarray) -> int:
-    """FLOPs (2 · multiply-adds) of every convolution over the 4 scales x flip."""
+def _direct_flops(module, output) -> int:
+    """2 · multiply-adds of a direct convolution producing `output`."""
+    k = module.kernel_size[0] * module.kernel_size[1]
+    return 2 * output.numel() * module.in_channels // module.groups * k
+
+
+def _count_flops(model, image: np.ndarray, cost) -> int:
+    """Sum of cost(conv, output) over every convolution of the 4 scales x flip."""
     total = [0]
 
     def hook(module, _inputs, output):
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total[0] += 2 * output.numel() * module.in_channels // module.groups * k
+        total[0] += cost(module, output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, torch.nn.Conv2d)]
@@ -84,6 +89,11 @@ def conv_flops(model, image: np.ndarray) -> int:
         for h in handles:
             h.remove()
     return total[0]
+
+
+def conv_flops(model, image: np.ndarray) -> int:
+    """FLOPs (2 · multiply-adds) of every convolution over the 4 scales x flip."""
+    return _count_flops(model, image, _direct_flops)
 
 
 def make_inputs(seed: int = 0):
@@ -99,31 +109,19 @@ def executed_flops(method, model, image: np.ndarray) -> int:
     """FLOPs `infer_cams` executes: `conv_flops`, except that each convolution the inference
     copy runs as Winograd F(4x4, 3x3) counts its 36 tile products and both transforms instead
     of the direct 3x3 multiply-adds."""
-    total = [0]
     winograd = method.cfg.pipeline.winograd
 
-    def hook(module, _inputs, output):
-        if winograd and WinogradConv2d.eligible(module) and module.in_channels >= WINOGRAD_MIN_CHANNELS:
-            batch, out_channels, height, width = output.shape
-            tiles = batch * -(-height // 4) * -(-width // 4)
-            c = module.in_channels
-            total[0] += 2 * 36 * tiles * (c * out_channels + 36 * c + 16 * out_channels)
-        else:
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total[0] += 2 * output.numel() * module.in_channels // module.groups * k
+    def cost(module, output) -> int:
+        batch, out_channels, height, width = output.shape
+        if not (winograd and WinogradConv2d.eligible(module)
+                and module.in_channels >= WINOGRAD_MIN_CHANNELS
+                and not direct_is_faster(output.shape, out_channels)):
+            return _direct_flops(module, output)
+        tiles = batch * -(-height // 4) * -(-width // 4)
+        c = module.in_channels
+        return 2 * 36 * tiles * (c * out_channels + 36 * c + 16 * out_channels)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            for scale in SCALES:
-                scaled = image if scale == 1.0 else pil_rescale(image, scale, order=3)
-                x = normalize_image(scaled)
-                model.cams(torch.stack([x, x.flip(-1)]))
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0]
+    return _count_flops(model, image, cost)
 
 
 def run(repeats: int = 3, bf16: bool = False, compile: bool = False) -> list[Row]:

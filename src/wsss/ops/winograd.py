@@ -97,6 +97,16 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
+def direct_is_faster(shape: tuple[int, ...] | torch.Size, out_channels: int) -> bool:
+    """Whether a 3×3 convolution to `out_channels` over an input (or output) of `shape`
+    (B, C, H, W) has fewer than O/32 4×4 output tiles, where streaming 36 transformed weights per
+    channel pair costs more than Winograd saves (measured per layer on a 2-core CPU: 512 channels
+    break even at about 14×14, where Winograd runs 0.7× as fast at 8×8 and 2× at 32×32; 256
+    channels at about 7×7)."""
+    tiles = shape[0] * -(-shape[2] // 4) * -(-shape[3] // 4)
+    return tiles * 32 < out_channels
+
+
 class WinogradConv2d(nn.Module):
     """Inference-only stand-in for a 3×3, stride-1, padding-1, dilation-1, ungrouped `nn.Conv2d`
     (`eligible`), computed by `winograd_conv3x3`. Input and output are (B, C, H, W) tensors;
@@ -127,11 +137,8 @@ class WinogradConv2d(nn.Module):
                 and conv.padding_mode == "zeros")
 
     def direct(self, x: torch.Tensor) -> bool:
-        """Whether x (B, C, H, W) is too small for Winograd to pay: fewer than O/32 output tiles
-        (measured per layer on a 2-core CPU: 512 channels break even at about 14×14, where
-        Winograd runs 0.7× as fast at 8×8 and 2× at 32×32; 256 channels at about 7×7)."""
-        tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
-        return tiles * 32 < self.out_channels
+        """Whether x (B, C, H, W) is too small for Winograd to pay (`direct_is_faster`)."""
+        return direct_is_faster(x.shape, self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, O, H, W)."""
