@@ -65,11 +65,10 @@ def multiscale_cams(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     batches = [scaled_views(image, scale, flip=flip).to(device).contiguous(memory_format=layout)
                for scale in scales]
+    can_stream = (view_streams and flip and device.type == "cpu" and torch.get_num_threads() > 1
+                  and not torch.is_autocast_enabled("cpu"))  # autocast state is per thread
     streamed = [i for i, views in enumerate(batches)
-                if views.shape[-2] * views.shape[-1] >= STREAM_MIN_PIXELS]
-    if not (view_streams and flip and device.type == "cpu" and torch.get_num_threads() > 1
-            and not torch.is_autocast_enabled("cpu")):  # autocast state is per thread
-        streamed = []
+                if can_stream and views.shape[-2] * views.shape[-1] >= STREAM_MIN_PIXELS]
     outputs = [None if i in streamed else cam_fn(views) for i, views in enumerate(batches)]
     if streamed:
         for i, maps in zip(streamed, per_view_streams(cam_fn, [batches[i] for i in streamed])):
