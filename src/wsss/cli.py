@@ -29,21 +29,26 @@ def _setup_logging(verbose: bool = False) -> None:
         logger.addHandler(handler)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from wsss.config import load_config
-    from wsss.pipeline.report import results_table
-    from wsss.pipeline.runner import format_resources, run_pipeline
-
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """`--set` pairs plus the pipeline flags of `run` / `pretrain`, as dotted overrides."""
     overrides = list(args.set or [])
     if args.workdir:
         overrides.append(f"pipeline.workdir={args.workdir}")
     if args.device:
         overrides.append(f"pipeline.device={args.device}")
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         overrides.append(f"pipeline.workers={args.workers}")
-    if args.deterministic is not None:
+    if getattr(args, "deterministic", None) is not None:
         overrides.append(f"pipeline.deterministic={str(args.deterministic).lower()}")
-    cfg = load_config(args.config, overrides)
+    return overrides
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from wsss.config import load_config
+    from wsss.pipeline.report import results_table
+    from wsss.pipeline.runner import format_resources, run_pipeline
+
+    cfg = load_config(args.config, _run_overrides(args))
     result = run_pipeline(cfg, start=args.start, until=args.until, only=args.only or (),
                           force=args.force or ())
     from wsss.engine import distributed as dist
@@ -58,6 +63,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             print(f"report: {write_report(result.run_dir)}")
     return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from wsss.config import load_config
+    from wsss.engine import distributed as dist
+    from wsss.pipeline.runner import format_resources, run_pipeline
+
+    cfg = load_config(args.config or str(PRETRAIN_PRESET), _run_overrides(args))
+    if cfg.method.name != "pretrain":
+        raise ValueError(f"{args.config}: method.name is {cfg.method.name!r}; "
+                         "`wsss pretrain` runs a preset of the `pretrain` method")
+    result = run_pipeline(cfg)
+    if not dist.is_main():
+        return 0
+    scores = result.summary("eval_pretrain")
+    export = result.summary("export")
+    print("held-out corpus: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()))
+    print(f"weights: {export['file']} ({export['megabytes']} MB, sha256 {export['sha256']})")
+    print()
+    print(format_resources(result.outcomes))
+    if args.install:
+        from wsss.weights import install_weights
+
+        command = " ".join(["wsss pretrain", *(f"--set {s}" for s in args.set or [])])
+        target = install_weights(Path(export["file"]), cfg.model.backbone, {
+            "command": command, "preset": "configs/pretrain/synthetic.yaml",
+            "held_out_scores": scores, "seed": cfg.pipeline.seed,
+        })
+        print(f"installed: {target} (model.pretrained: synthetic)")
+    return 0
+
+
+# The preset `wsss pretrain` runs when no config is given (the shipped weights' recipe).
+PRETRAIN_PRESET = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "synthetic.yaml"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -238,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic torch kernels (pipeline.deterministic)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("pretrain", help="pretrain a backbone on the procedural corpus "
+                       "(the weights behind model.pretrained: synthetic)")
+    p.add_argument("--config", help="a `pretrain` preset (default: configs/pretrain/synthetic.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--workdir", help="parent folder of run directories (pipeline.workdir)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (pipeline.device)")
+    p.add_argument("--install", action="store_true",
+                   help="copy the exported weights into the package (wsss/weights/) and index them")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("eval", help="score a folder of masks (or CAMs) against ground truth")
     _add_eval_args(p, cams_default=False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.registry import Registry
+from wsss.weights import WeightsError
 
 BACKBONES = Registry("backbone")
 
@@ -103,18 +104,30 @@ def _unstride(layer: nn.Sequential, *, dilation: int) -> None:
                     conv.padding = (dilation, dilation)
 
 
-def load_pretrained(module: nn.Module, pretrained: str, weights: object | None = None) -> None:
-    """Load ImageNet weights (torchvision mechanism) or a local state dict into `module`.
+def load_pretrained(module: nn.Module, pretrained: str, weights: object | None = None, *,
+                    backbone: str | None = None) -> None:
+    """Load ImageNet weights (torchvision mechanism), the shipped synthetic-corpus weights or a
+    local state dict into `module`.
 
     Args:
-        pretrained: "none", "imagenet" or a path to a `.pth` state dict.
+        pretrained: "none", "imagenet", "synthetic" (the weights shipped in `wsss.weights` for
+            `backbone`, sha256-checked; `wsss pretrain` makes them) or a path to a `.pth` state
+            dict.
         weights: the torchvision weights enum entry used for "imagenet".
+        backbone: the registered backbone name, which "synthetic" resolves by.
 
     Raises:
-        FileNotFoundError / RuntimeError with the file to place and where, or the mismatching keys.
+        FileNotFoundError: a path that does not exist; WeightsError: shipped weights missing or
+            corrupt, an unreadable file, weights made for another backbone or with other keys or
+            shapes (each one line naming the file).
     """
     if pretrained in ("", "none", None):
         return
+    source = pretrained
+    if pretrained == "synthetic":
+        from wsss.weights import shipped_weights
+
+        pretrained = str(shipped_weights(backbone or "?"))
     if pretrained == "imagenet":
         if weights is None:
             raise ValueError("this backbone has no torchvision ImageNet weights; pass a path")
@@ -126,8 +139,14 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise RuntimeError(f"model.pretrained: cannot read {path} ({exc})") from exc
+            raise WeightsError(f"model.pretrained={source}: cannot read {path} "
+                               f"({_first_line(exc)})") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+            made_for = meta.get("backbone")
+            if made_for is not None and backbone is not None and made_for != backbone:
+                raise WeightsError(f"model.pretrained={source}: {path} holds {made_for} weights, "
+                                   f"not {backbone}")
             state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = {k: v for k, v in module.state_dict().items() if not k.startswith("fc.")}
@@ -135,11 +154,16 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        raise RuntimeError(
-            f"model.pretrained={pretrained}: weights do not match the backbone "
+        raise WeightsError(
+            f"model.pretrained={source}: {pretrained} does not match the backbone "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]})"
         )
     module.load_state_dict(state, strict=False)  # the unused ImageNet fc stays random
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _fetch_torchvision_weights(weights: object) -> dict[str, torch.Tensor]:
@@ -164,7 +188,7 @@ def _resnet_builder(name: str) -> Callable[..., ResNetBackbone]:
         net = getattr(torchvision.models, name)(weights=None)
         weights_enum = getattr(torchvision.models, _WEIGHTS[name])
         # IRN uses the original (V1) torchvision ResNet-50 weights, resnet50-19c8e357.
-        load_pretrained(net, pretrained, weights_enum.IMAGENET1K_V1)
+        load_pretrained(net, pretrained, weights_enum.IMAGENET1K_V1, backbone=name)
         backbone = ResNetBackbone(net, output_stride=output_stride)
         if frozen_bn:
             freeze_batchnorm_stats(backbone)

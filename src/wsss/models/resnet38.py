@@ -171,7 +171,7 @@ def resnet38(*, output_stride: int = 8, pretrained: str = "none", frozen_bn: boo
                          "ilsvrc-cls_rna-a1_cls1000_ep-0001.params with "
                          "`python -m wsss.models.resnet38 IN.params OUT.pth` and pass OUT.pth")
     net = ResNet38Backbone(output_stride=output_stride)
-    load_pretrained(net, pretrained)
+    load_pretrained(net, pretrained, backbone="resnet38")
     if frozen_bn:
         freeze_batchnorm_stats(net)
         for module in net.modules():

@@ -74,5 +74,5 @@ def vgg16(*, output_stride: int = 8, pretrained: str = "none", frozen_bn: bool =
             state[f"{name}.bias"] = tv[f"features.{index}.bias"]
         net.load_state_dict(state, strict=False)  # fc6 / fc7 stay random
     else:
-        load_pretrained(net, pretrained)
+        load_pretrained(net, pretrained, backbone="vgg16")
     return net

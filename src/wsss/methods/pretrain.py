@@ -1,0 +1,153 @@
+"""Backbone pretraining on the procedural corpus (`wsss pretrain`): the role ImageNet plays.
+
+Stages: pretrain (multi-label classifier on `wsss.data.pretrain_corpus`, drawn on the fly) →
+eval_pretrain (held-out corpus scenes: exact-match accuracy, mAP) → export (the backbone in
+torchvision's key names, float16, with its sha256 and the recipe). `wsss pretrain --install`
+then copies the export into `wsss/weights/`, where `model.pretrained: synthetic` finds it.
+See docs/pretraining.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss.config import to_dict
+from wsss.data.pretrain_corpus import PretrainCorpus
+from wsss.engine.checkpoint import save_checkpoint
+from wsss.io import write_text
+from wsss.methods import METHODS
+from wsss.methods.base import fit_model
+from wsss.methods.cam_baseline import CamBaseline
+from wsss.pipeline.stages import Stage, StageContext
+
+CORPUS_KEYS = ("method.num_categories", "method.image_size", "method.items_per_epoch")
+
+
+@dataclass
+class PretrainConfig:
+    """The corpus and its held-out evaluation (the network and recipe are `model` / `train`)."""
+
+    name: str = "pretrain"
+    num_categories: int = 128  # 8 silhouettes x 4 textures x 2 colour families x 2 parts
+    image_size: int = 96
+    items_per_epoch: int = 16000  # scenes drawn per epoch (new ones every epoch)
+    val_items: int = 1000  # held-out scenes, drawn from `val_seed`
+    val_seed: int = 20261207
+    detach_stages: int = 0  # everything trains: this is where the early layers learn
+
+
+def backbone_state_torchvision(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A `CamClassifier`'s ResNet backbone as a torchvision ResNet state dict (no `fc.`).
+
+    `ResNetBackbone` keeps torchvision's modules under `stem.0` (conv1) and `stem.1` (bn1);
+    the layers keep their names.
+    """
+    rename = {"stem.0.": "conv1.", "stem.1.": "bn1."}
+    out = {}
+    for key, value in model.backbone.state_dict().items():
+        for old, new in rename.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
+
+def multilabel_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Exact-match accuracy, mean per-class average precision and top-1 precision.
+
+    Args:
+        logits: (N, C) float; labels: (N, C) multi-hot.
+    """
+    positive = labels > 0
+    exact = ((logits > 0) == positive).all(1).float().mean().item()
+    top1 = positive.gather(1, logits.argmax(1, keepdim=True)).float().mean().item()
+    aps = []
+    for c in range(labels.shape[1]):
+        truth = positive[:, c]
+        if not truth.any():
+            continue
+        order = torch.argsort(logits[:, c], descending=True)
+        hits = truth[order].float()
+        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+        aps.append((precision * hits).sum().item() / hits.sum().item())
+    return {"exact_match": exact, "mAP": float(np.mean(aps)) if aps else float("nan"),
+            "top1_precision": top1}
+
+
+@METHODS.register("pretrain")
+class Pretrain(CamBaseline):
+    """A CAM classifier (GAP + 1x1) trained on the corpus; its backbone is the product."""
+
+    name = "pretrain"
+    config_cls = PretrainConfig
+
+    def corpus(self, *, train: bool) -> PretrainCorpus:
+        m = self.mcfg
+        if train:
+            return PretrainCorpus(num_items=m.items_per_epoch, num_categories=m.num_categories,
+                                  image_size=m.image_size)
+        return PretrainCorpus(num_items=m.val_items, num_categories=m.num_categories,
+                              image_size=m.image_size, seed=m.val_seed)
+
+    def stages(self) -> list[Stage]:
+        return [self.pretrain_stage(), self.eval_pretrain_stage(), self.export_stage()]
+
+    def pretrain_stage(self) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            corpus = self.corpus(train=True)
+            model = self.build_model(corpus.num_categories)
+            meta = {"method": self.name, "class_names": corpus.class_names,
+                    "num_classes": corpus.num_categories, "model": to_dict(ctx.cfg.model),
+                    "method_config": to_dict(self.mcfg)}
+            return fit_model(ctx, model=model, step_fn=self.training_step,
+                             param_groups=self.param_groups(model, ctx.cfg.train.lr),
+                             dataset=corpus, train_cfg=ctx.cfg.train, meta=meta)
+
+        return Stage("pretrain", run, depends_on=("model", "train", "method", "pipeline.seed"),
+                     description="train the backbone on the procedural corpus")
+
+    def eval_pretrain_stage(self) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            corpus = self.corpus(train=False)
+            model = self.load_trained(ctx.stage_dir("pretrain"), corpus.num_categories,
+                                      ctx.device)
+            logits, labels = [], []
+            with torch.inference_mode():
+                for start in range(0, len(corpus), 100):
+                    items = [corpus[i] for i in range(start, min(start + 100, len(corpus)))]
+                    images = torch.stack([it["image"] for it in items]).to(ctx.device)
+                    logits.append(model(images).float().cpu())
+                    labels.append(torch.stack([it["labels"] for it in items]))
+            scores = multilabel_scores(torch.cat(logits), torch.cat(labels))
+            write_text(ctx.out_dir / "metrics.json", json.dumps(scores, indent=2) + "\n")
+            return {k: round(v * 100, 2) for k, v in scores.items()}
+
+        return Stage("eval_pretrain", run, needs=("pretrain",),
+                     depends_on=("method.val_items", "method.val_seed"),
+                     description="score the classifier on held-out corpus scenes")
+
+    def export_stage(self) -> Stage:
+        def run(ctx: StageContext) -> dict[str, Any]:
+            from wsss.weights import sha256_of
+
+            name = ctx.cfg.model.backbone
+            model = self.load_trained(ctx.stage_dir("pretrain"), self.mcfg.num_categories,
+                                      torch.device("cpu"))
+            state = {k: (v.half() if v.is_floating_point() else v)
+                     for k, v in backbone_state_torchvision(model).items()}
+            meta = {"backbone": name, "format": "torchvision state dict, float16",
+                    "corpus": to_dict(self.mcfg), "model": to_dict(ctx.cfg.model),
+                    "train": to_dict(ctx.cfg.train), "seed": ctx.cfg.pipeline.seed,
+                    "scores": ctx.upstream.get("eval_pretrain", {}).get("summary", {})}
+            path = ctx.out_dir / f"{name}_synthetic.pth"
+            save_checkpoint(path, {"state_dict": state, "meta": meta})
+            return {"file": str(path), "sha256": sha256_of(path),
+                    "megabytes": round(path.stat().st_size / 2**20, 2)}
+
+        return Stage("export", run, needs=("pretrain", "eval_pretrain"), depends_on=("model",),
+                     description="write the backbone (float16) with its sha256 and recipe")
