@@ -85,6 +85,7 @@ class Pretrain(CamBaseline):
 
     name = "pretrain"
     config_cls = PretrainConfig
+    pseudo_mask_stage = ""  # no pseudo-masks: a segmentation network cannot follow
 
     def corpus(self, *, train: bool) -> PretrainCorpus:
         m = self.mcfg
@@ -95,7 +96,30 @@ class Pretrain(CamBaseline):
                               image_size=m.image_size, seed=m.val_seed)
 
     def stages(self) -> list[Stage]:
-        return [self.pretrain_stage(), self.eval_pretrain_stage(), self.export_stage()]
+        return [self.corpus_stage(), self.pretrain_stage(), self.eval_pretrain_stage(),
+                self.export_stage()]
+
+    def corpus_stage(self) -> Stage:
+        """The corpus is drawn on the fly; this stage records its categories and a sample grid
+        of held-out scenes (`samples.png`), so a run shows what the backbone learned from."""
+        def run(ctx: StageContext) -> dict[str, Any]:
+            from PIL import Image
+
+            from wsss.data.pretrain_corpus import render_scene
+
+            m = self.mcfg
+            corpus = self.corpus(train=False)
+            write_text(ctx.out_dir / "categories.json",
+                       json.dumps(corpus.class_names, indent=1) + "\n")
+            rng = np.random.default_rng(m.val_seed)
+            tiles = [render_scene(rng, m.num_categories, m.image_size)[0] for _ in range(32)]
+            rows = [np.concatenate(tiles[r * 8:(r + 1) * 8], axis=1) for r in range(4)]
+            Image.fromarray(np.concatenate(rows, axis=0)).save(ctx.out_dir / "samples.png")
+            return {"categories": m.num_categories, "image_size": m.image_size,
+                    "items_per_epoch": m.items_per_epoch}
+
+        return Stage("data", run, depends_on=CORPUS_KEYS,
+                     description="record the corpus categories and a sample grid")
 
     def pretrain_stage(self) -> Stage:
         def run(ctx: StageContext) -> dict[str, Any]:
@@ -108,7 +132,9 @@ class Pretrain(CamBaseline):
                              param_groups=self.param_groups(model, ctx.cfg.train.lr),
                              dataset=corpus, train_cfg=ctx.cfg.train, meta=meta)
 
-        return Stage("pretrain", run, depends_on=("model", "train", "method", "pipeline.seed"),
+        return Stage("pretrain", run, needs=("data",),
+                     depends_on=("model", "train", "pipeline.seed", "method.detach_stages",
+                                 *CORPUS_KEYS),
                      description="train the backbone on the procedural corpus")
 
     def eval_pretrain_stage(self) -> Stage:
