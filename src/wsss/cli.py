@@ -45,7 +45,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from wsss.config import load_config
-    from wsss.pipeline.report import results_table
+    from wsss.pipeline.report import classifier_lines, results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
     cfg = load_config(args.config, _run_overrides(args))
@@ -55,6 +55,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if dist.is_main():
         print(results_table(result.run_dir))
+        for line in classifier_lines(result.run_dir):
+            print(line)
         print()
         print(format_resources(result.outcomes))
         print(f"\nrun directory: {result.run_dir}")

@@ -193,6 +193,19 @@ class Method(abc.ABC):
                      depends_on=("data.infer_split", "data.root") + self.cam_keys,
                      description="multi-scale + flip CAMs per image (.npz)")
 
+    def eval_classifier_stage(self, name: str = "eval_cls", train_stage: str = "train_cam"
+                              ) -> Stage:
+        """Image-level scores of the trained classifier on the validation split (whole images,
+        logit > 0 = present): exact-match accuracy, mAP and per-class AP. Needs no masks."""
+        def run(ctx: StageContext) -> dict[str, Any]:
+            # Whole images one by one on rank 0 (a few seconds for VOC val on a GPU); the other
+            # ranks take its summary.
+            summary = _score_classifier(self, ctx, train_stage) if dist.is_main() else None
+            return dist.broadcast_object(summary)
+
+        return Stage(name, run, needs=(train_stage,), depends_on=("data.val_split",),
+                     description="classifier accuracy and mAP on the validation split")
+
     def eval_cam_stage(self, name: str = "eval_cam", cam_stage: str = "make_cam",
                        threshold_key: str = "cam_eval_threshold") -> Stage:
         def run(ctx: StageContext) -> dict[str, Any]:
@@ -251,6 +264,30 @@ class Method(abc.ABC):
 
         return Stage(name, run, needs=(mask_stage,), depends_on=(f"data.{split_key}", "eval"),
                      description=f"score {mask_stage} masks against ground truth")
+
+
+def _score_classifier(method: Method, ctx: StageContext, train_stage: str) -> dict[str, Any]:
+    """The `eval_cls` work: logits of every validation image, scores, `metrics.json`."""
+    from wsss.metrics.classification import average_precision, multilabel_scores
+
+    split = ctx.cfg.data.val_split
+    dataset = method.dataset(split)
+    model = method.load_trained(ctx.stage_dir(train_stage), dataset.num_classes, ctx.device)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            logits.append(model(item["image"][None].to(ctx.device)).float().cpu()[0])
+            labels.append(item["labels"])
+    logits_all, labels_all = torch.stack(logits), torch.stack(labels)
+    scores = multilabel_scores(logits_all, labels_all)
+    present = labels_all > 0
+    per_class = {name: average_precision(logits_all[:, c], present[:, c])
+                 if present[:, c].any() else None
+                 for c, name in enumerate(list(dataset.class_names)[1:])}
+    write_text(ctx.out_dir / "metrics.json", json.dumps(
+        {"split": split, "images": len(dataset), **scores, "ap": per_class}, indent=2) + "\n")
+    return {"split": split, "images": len(dataset), **{k: round(v, 4) for k, v in scores.items()}}
 
 
 def train_transform(t: Any) -> Any:

@@ -268,6 +268,7 @@ class CamBaseline(Method):
         return [
             self.data_stage(),
             self.train_stage("train_cam"),
+            self.eval_classifier_stage("eval_cls", "train_cam"),
             self.make_cam_stage("make_cam", "train_cam"),
             self.eval_cam_stage("eval_cam", "make_cam"),
             self.make_seeds_stage("make_seeds", "make_cam"),

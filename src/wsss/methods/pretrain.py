@@ -10,7 +10,7 @@ See docs/pretraining.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from wsss.io import write_text
 from wsss.methods import METHODS
 from wsss.methods.base import fit_model
 from wsss.methods.cam_baseline import CamBaseline
+from wsss.metrics.classification import multilabel_scores
 from wsss.pipeline.stages import Stage, StageContext
 
 CORPUS_KEYS = ("method.num_categories", "method.image_size", "method.items_per_epoch")
@@ -39,6 +40,9 @@ class PretrainConfig:
     val_items: int = 1000  # held-out scenes, drawn from `val_seed`
     val_seed: int = 20261207
     detach_stages: int = 0  # everything trains: this is where the early layers learn
+    # CAMs of corpus categories (`infer_cams`, e.g. to look at what the backbone localises)
+    cam_scales: list[float] = field(default_factory=lambda: [1.0])
+    cam_flip: bool = True
 
 
 def backbone_state_torchvision(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -55,28 +59,6 @@ def backbone_state_torchvision(model: torch.nn.Module) -> dict[str, torch.Tensor
                 key = new + key[len(old):]
         out[key] = value
     return out
-
-
-def multilabel_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Exact-match accuracy, mean per-class average precision and top-1 precision.
-
-    Args:
-        logits: (N, C) float; labels: (N, C) multi-hot.
-    """
-    positive = labels > 0
-    exact = ((logits > 0) == positive).all(1).float().mean().item()
-    top1 = positive.gather(1, logits.argmax(1, keepdim=True)).float().mean().item()
-    aps = []
-    for c in range(labels.shape[1]):
-        truth = positive[:, c]
-        if not truth.any():
-            continue
-        order = torch.argsort(logits[:, c], descending=True)
-        hits = truth[order].float()
-        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
-        aps.append((precision * hits).sum().item() / hits.sum().item())
-    return {"exact_match": exact, "mAP": float(np.mean(aps)) if aps else float("nan"),
-            "top1_precision": top1}
 
 
 @METHODS.register("pretrain")

@@ -45,6 +45,18 @@ def results_table(run_dir: str | Path) -> str:
     return "\n".join(rows)
 
 
+def classifier_lines(run_dir: str | Path) -> list[str]:
+    """One line per classifier scored on image-level labels (`eval_cls`, `eval_pretrain`)."""
+    lines = []
+    for stage_dir in sorted(p for p in Path(run_dir).iterdir() if p.is_dir()):
+        s = (read_manifest(stage_dir) or {}).get("summary", {})
+        if "exact_match" in s and "mAP" in s and "split" in s:
+            lines.append(f"classifier ({stage_dir.name}, split {s['split']}, {s.get('images')} "
+                         f"images): exact-match accuracy {_pct(s['exact_match'])} %, "
+                         f"mAP {_pct(s['mAP'])} %")
+    return lines
+
+
 def format_eval(result: dict[str, Any], class_names: list[str]) -> str:
     """Per-class table of one `wsss eval` result (masks or CAMs)."""
     if "fixed" in result:
