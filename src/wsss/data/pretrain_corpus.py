@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,8 +141,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _draw_object(image: np.ndarray, cat: Category, rng: np.random.Generator,
-                 centre: tuple[float, float], radius: float) -> None:
-    """Draw one instance of `cat` into `image` (H, W, 3) float, in place."""
+                 centre: tuple[float, float], radius: float) -> np.ndarray:
+    """Draw one instance of `cat` into `image` (H, W, 3) float, in place.
+
+    Returns:
+        bool (H, W): the pixels the instance covers (silhouette and part).
+    """
     size = image.shape[0]
     angle = rng.uniform(-math.pi, math.pi)
     aspect = rng.uniform(0.75, 1.33)
@@ -149,8 +154,9 @@ def _draw_object(image: np.ndarray, cat: Category, rng: np.random.Generator,
     extent = max(rx, ry) * 1.05
     x0, x1 = int(max(0, centre[0] - extent)), int(min(size, centre[0] + extent + 1))
     y0, y1 = int(max(0, centre[1] - extent)), int(min(size, centre[1] + extent + 1))
+    region = np.zeros(image.shape[:2], dtype=bool)
     if x1 <= x0 or y1 <= y0:
-        return
+        return region
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(float)
     dx, dy = xx - centre[0], yy - centre[1]
     cos, sin = math.cos(angle), math.sin(angle)
@@ -171,6 +177,9 @@ def _draw_object(image: np.ndarray, cat: Category, rng: np.random.Generator,
         if not part.any():
             part = u * u + (v + 0.55) ** 2 <= 0.22**2
         patch[part] = _hsv_to_rgb(hue + 180.0 + rng.uniform(-30, 30), 0.9, 1.0)
+        inside = inside | part
+    region[y0:y1, x0:x1] = inside
+    return region
 
 
 def render_scene(rng: np.random.Generator, num_categories: int, size: int
@@ -198,6 +207,65 @@ def render_scene(rng: np.random.Generator, num_categories: int, size: int
         labels[index] = 1.0
     image = np.clip(image * rng.uniform(0.75, 1.2) + rng.uniform(-0.08, 0.08), 0, 1)
     return (image * 255 + 0.5).astype(np.uint8), labels
+
+
+def render_labelled_scene(rng: np.random.Generator, class_categories: list[int], size: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A segmentation scene over a chosen subset of categories (a VOC-layout data set with
+    other classes than the built-in synthetic ones, `write_voc_layout`).
+
+    1-3 objects (~3-30 % of the image each) of 1-3 of `class_categories` on a cluttered
+    background; later objects occlude earlier ones.
+
+    Returns:
+        image uint8 (size, size, 3); mask uint8 (size, size): 0 background, k + 1 for
+        `class_categories[k]`.
+    """
+    cats = categories()
+    image = _background(rng, size)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    count = int(rng.integers(1, 4))
+    kinds = rng.choice(len(class_categories), size=int(rng.integers(1, count + 1)), replace=False)
+    for i in range(count):
+        k = int(kinds[i % len(kinds)])
+        radius = rng.uniform(0.1, 0.3) * size
+        centre = (rng.uniform(0.2, 0.8) * size, rng.uniform(0.2, 0.8) * size)
+        region = _draw_object(image, cats[class_categories[k]], rng, centre, radius)
+        mask[region] = k + 1
+    image = np.clip(image * rng.uniform(0.75, 1.2) + rng.uniform(-0.08, 0.08), 0, 1)
+    return (image * 255 + 0.5).astype(np.uint8), mask
+
+
+def write_voc_layout(root: str | Path, *, class_categories: list[int], num_train: int,
+                     num_val: int, sizes: tuple[int, int] = (128, 224), seed: int = 0) -> Path:
+    """Write a VOC-layout data set whose classes are corpus categories (not the built-in
+    synthetic classes): `JPEGImages/` (PNG), `SegmentationClass/` (palette PNG),
+    `ImageSets/Segmentation/{train,val}.txt`, `classes.txt`. Image sides vary in `sizes`.
+
+    Used to check that presets run unchanged on other classes and image sizes
+    (`--set data.root=DIR data.dataset=custom`).
+    """
+    from PIL import Image
+
+    from wsss.io import save_mask, write_text
+
+    root = Path(root)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    names = [categories()[c].name for c in class_categories]
+    write_text(root / "classes.txt", "\n".join(["background", *names]) + "\n")
+    for split, count in (("train", num_train), ("val", num_val)):
+        ids = []
+        for i in range(count):
+            rng = np.random.default_rng([seed, 1 if split == "train" else 2, i])
+            size = int(rng.integers(sizes[0], sizes[1] + 1))
+            image, mask = render_labelled_scene(rng, class_categories, size)
+            name = f"{split}_{i:05d}"
+            Image.fromarray(image).save(root / "JPEGImages" / f"{name}.png")
+            save_mask(root / "SegmentationClass" / f"{name}.png", mask)
+            ids.append(name)
+        write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+    return root
 
 
 MEAN = (0.485, 0.456, 0.406)
