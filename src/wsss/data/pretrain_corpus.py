@@ -268,6 +268,29 @@ def write_voc_layout(root: str | Path, *, class_categories: list[int], num_train
     return root
 
 
+NUM_FACTORS = len(SHAPES) + len(TEXTURES) + len(COLOUR_FAMILIES) + len(PARTS)
+
+
+def factor_names() -> list[str]:
+    """Names of the factor outputs, in `factor_labels` order."""
+    return [*SHAPES, *TEXTURES, *COLOUR_FAMILIES, *PARTS]
+
+
+def factor_labels(labels: np.ndarray) -> np.ndarray:
+    """Multi-hot labels of the factors present (float32 (NUM_FACTORS,)): which silhouettes,
+    textures, colour families and parts the scene's categories have; a coarser level of the
+    label hierarchy, as WordNet's above ImageNet's classes."""
+    out = np.zeros(NUM_FACTORS, dtype=np.float32)
+    cats = categories()
+    for index in np.flatnonzero(labels > 0):
+        c = cats[index]
+        names = factor_names()
+        for offset, value in zip(np.cumsum([0, len(SHAPES), len(TEXTURES), len(COLOUR_FAMILIES)]),
+                                 (c.shape, c.texture, c.colour, c.part)):
+            out[offset + names[offset:].index(value)] = 1.0
+    return out
+
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -276,7 +299,8 @@ class PretrainCorpus(torch.utils.data.Dataset):
     """`num_items` scenes per epoch, drawn on the fly (see the module docstring).
 
     Items are dicts: `image` float32 (3, size, size) normalised with the ImageNet mean and std
-    (as every wsss network expects), `labels` float32 (num_categories,) multi-hot, `name`.
+    (as every wsss network expects), `labels` float32 (num_categories,) multi-hot, `factors`
+    float32 (NUM_FACTORS,) multi-hot (`factor_labels`), `name`.
     Item i draws from a generator seeded by NumPy's global state (seeded per item by the
     trainer); outside the trainer, `seed` and the index fix the scene.
     """
@@ -305,4 +329,5 @@ class PretrainCorpus(torch.utils.data.Dataset):
         mean = torch.tensor(MEAN).view(3, 1, 1)
         std = torch.tensor(STD).view(3, 1, 1)
         return {"image": (x - mean) / std, "labels": torch.from_numpy(labels),
+                "factors": torch.from_numpy(factor_labels(labels)),
                 "name": f"corpus_{index:07d}"}
