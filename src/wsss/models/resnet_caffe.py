@@ -79,9 +79,9 @@ class _Layer(nn.Sequential):
 
 
 class _Stem(nn.Sequential):
-    def __init__(self) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.add_module("conv1", _ConvBn(3, 64, 7, stride=2))
+        self.add_module("conv1", _ConvBn(3, width, 7, stride=2))
         self.add_module("pool", nn.MaxPool2d(3, 2, 1, ceil_mode=True))
 
 
@@ -97,10 +97,12 @@ class CaffeResNet(nn.Module):
         output_stride: 8, 16 or 32.
         input_space: "imagenet" (RGB normalised with the ImageNet mean / std, what wsss feeds)
             or "caffe" (BGR, 0..255 minus `CAFFE_MEAN_BGR`).
+        width: stem channels (64); the stages output 4, 8, 16 and 32 times as many (smaller
+            values make networks for tests).
     """
 
     def __init__(self, *, blocks: Sequence[int] = (3, 4, 23, 3), output_stride: int = 8,
-                 input_space: str = "imagenet") -> None:
+                 input_space: str = "imagenet", width: int = 64) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -108,12 +110,13 @@ class CaffeResNet(nn.Module):
             raise ValueError(f"input_space must be 'imagenet' or 'caffe', got {input_space!r}")
         s4, d4 = (1, 2) if output_stride == 8 else (2, 1)
         s5, d5 = {8: (1, 4), 16: (1, 2), 32: (2, 1)}[output_stride]
-        self.layer1 = _Stem()
-        self.layer2 = _Layer(blocks[0], 64, 256, stride=1, dilation=1)
-        self.layer3 = _Layer(blocks[1], 256, 512, stride=2, dilation=1)
-        self.layer4 = _Layer(blocks[2], 512, 1024, stride=s4, dilation=d4)
-        self.layer5 = _Layer(blocks[3], 1024, 2048, stride=s5, dilation=d5)
-        self.out_channels: list[int] = [256, 512, 1024, 2048]
+        w = width
+        self.layer1 = _Stem(w)
+        self.layer2 = _Layer(blocks[0], w, 4 * w, stride=1, dilation=1)
+        self.layer3 = _Layer(blocks[1], 4 * w, 8 * w, stride=2, dilation=1)
+        self.layer4 = _Layer(blocks[2], 8 * w, 16 * w, stride=s4, dilation=d4)
+        self.layer5 = _Layer(blocks[3], 16 * w, 32 * w, stride=s5, dilation=d5)
+        self.out_channels: list[int] = [4 * w, 8 * w, 16 * w, 32 * w]
         self.output_stride = output_stride
         self.input_space = input_space
         # x_caffe[c] = 255·(std·x + mean)[rgb] − mean_bgr[c] with rgb = 2 − c (BGR order); kept
@@ -132,7 +135,7 @@ class CaffeResNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) → four maps of strides 4, 8, 8|16, 8|16|32 (256, 512, 1024,
-        2048 channels)."""
+        2048 channels at width 64)."""
         x2 = self.layer2(self.layer1(self.to_caffe_input(images)))
         x3 = self.layer3(x2)
         x4 = self.layer4(x3)
