@@ -289,3 +289,29 @@ def test_param_groups_match_deeplab_pytorch() -> None:
     assert groups[2]["weight_decay"] == 0.0 and "weight_decay" not in groups[1]
     assert not any(p.requires_grad for m in model.backbone.modules()
                    if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+
+
+def test_round_schedule_matches_official_poly_optimizer() -> None:
+    """`PolyOptimizer_cls`: lr0 · (1 − k / max_step)^0.9 in step k (the Trainer's LambdaLR),
+    and the effective SGD settings the preset reproduces (momentum 1e-5 ≈ 0, no decay)."""
+    from wsss.engine.trainer import build_optimizer, poly_lambda
+
+    data = _load("auxsegnet_poly.npz")
+    max_step = int(data["max_step"])
+    t = AuxSegNetConfig().round_train
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = build_optimizer([{"params": [params[0]], "lr": t.lr},
+                                 {"params": [params[1]], "lr": t.lr * t.head_lr_mult}],
+                                name=t.optimizer, momentum=t.momentum,
+                                weight_decay=t.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(max_step, t.poly_power))
+    lrs = []
+    for _ in range(max_step):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    np.testing.assert_allclose(lrs, data["lr"][:max_step], rtol=1e-12)
+    # The official loop runs one step more, at the last lr; wsss stops after max_step steps.
+    np.testing.assert_allclose(data["lr"][max_step], data["lr"][max_step - 1])
+    assert float(data["weight_decay"]) == t.weight_decay == 0.0
+    assert float(data["momentum"]) == pytest.approx(1e-5) and t.momentum == 0.0
