@@ -171,7 +171,7 @@ class SegNet(nn.Module):
         return backbone, [p for p in self.head.parameters() if p.requires_grad]
 
     def head_weights_and_biases(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """The head's trainable parameters split into (biases of its convolutions, the rest):
+        """The head's trainable parameters as (all but the conv biases, the conv biases):
         deeplab-pytorch trains the ASPP biases at 2× the head's lr, without weight decay."""
         biases = [m.bias for m in self.head.modules()
                   if isinstance(m, nn.Conv2d) and m.bias is not None and m.bias.requires_grad]
