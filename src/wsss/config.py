@@ -112,10 +112,17 @@ class SegnetConfig:
     output_stride: int = 8
     pretrained: str = "none"  # none | imagenet | path to a state dict
     frozen_bn: bool = True  # backbone BatchNorm statistics fixed (batch 10 is too small)
+    # Backbone BatchNorm weights and biases not trained: deeplab-pytorch optimises only the
+    # backbone's convolutions (`main.py get_params`).
+    frozen_bn_affine: bool = True
     iterations: int = 30000
     batch_size: int = 10
     lr: float = 2.5e-4
     head_lr_mult: float = 10.0
+    # Biases of the head's convolutions (the ASPP's): deeplab-pytorch 20× lr, no weight decay
+    # (Caffe lr_mult / decay_mult); head_lr_mult and null keep them with the head's weights.
+    head_bias_lr_mult: float = 20.0
+    head_bias_weight_decay: float | None = 0.0  # null: segnet.weight_decay
     poly_power: float = 0.9
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -123,10 +130,19 @@ class SegnetConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     balanced_ce: bool = False  # AMN: mean of the background and foreground pixel losses
+    # DeepLab-v2 multi-scale training (deeplab-pytorch MSC, e.g. [0.5, 0.75]): the loss sums
+    # the cross-entropies of the logits of the crop, of each rescaled crop and of their
+    # pixel-wise max, each against the labels resized (nearest) to the logits; [] = one loss on
+    # the logits upsampled to the crop.
+    msc_train_scales: list[float] = field(default_factory=list)
     amp: bool = False
     checkpoint_every: int = 1000  # steps between resumable checkpoints
     test_scales: list[float] = field(default_factory=lambda: [1.0])
     test_flip: bool = False
+    # How the test views merge: "mean" of the logits upsampled to the image, or "max" of the
+    # logits at the network's stride over the unscaled image (scale 1.0 must be listed) and
+    # the bilinearly rescaled ones, then upsampled (deeplab-pytorch MSC, `msc.py:42`).
+    test_merge: str = "mean"
     crf: bool = True  # report masks with and without the dense CRF
     crf_preset: str = "deeplabv2"  # a name in `wsss.predict.crf_presets()`
 

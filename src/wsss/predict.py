@@ -30,7 +30,7 @@ from wsss.ops.crf import CRF_PRESETS, dense_crf
 from wsss.registry import Registry
 
 __all__ = ["CHECKPOINT_KINDS", "Predictor", "ScoreModel", "crf_presets", "load",
-           "multiscale_probs", "overlay", "to_rgb"]
+           "msc_max_probs", "multiscale_probs", "overlay", "to_rgb"]
 
 # Test-time CRF of `kazuto1011/deeplab-pytorch: configs/voc12.yaml` (the DeepLab-v2 code AdvCAM
 # and AMN use): POS_XY_STD 1, POS_W 3, BI_XY_STD 67, BI_RGB_STD 3, BI_W 4, 10 iterations.
@@ -199,8 +199,49 @@ def _segnet_kind(meta: dict[str, Any]) -> ScoreModel:
                          num_classes=int(meta["num_classes"]),
                          output_stride=int(net["output_stride"]), pretrained="none",
                          frozen_bn=bool(net.get("frozen_bn", False)))
+    test = dict(meta.get("test") or {})
+    if test.get("merge", "mean") == "max":
+        mean, std = meta.get("mean", IMAGENET_MEAN), meta.get("std", IMAGENET_STD)
+
+        def views(m: nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+                  device: torch.device) -> torch.Tensor:
+            return msc_max_probs(m, image, scales=scales, flip=flip, mean=mean, std=std,
+                                 device=device)
+
+        return ScoreModel(model=model, views=views, test=test)
     return ScoreModel(model=model, scores=lambda m, images: m(images), merge="logits",
-                      test=dict(meta.get("test") or {}))
+                      test=test)
+
+
+def msc_max_probs(model: nn.Module, image: np.ndarray, *, scales: Sequence[float],
+                  flip: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD, device: torch.device | str = "cpu"
+                  ) -> torch.Tensor:
+    """DeepLab-v2's multi-scale test (deeplab-pytorch `msc.py`, `main.py test`): the pixel-wise
+    max of the logits of the image and of its bilinearly rescaled copies, taken at the
+    network's stride on the unscaled image's grid, upsampled (bilinear) to the image, softmax.
+
+    Args:
+        model: a `wsss.models.segnet.SegNet` (called with `msc_scales`).
+        image: uint8 RGB (H, W, 3).
+        scales: must list 1.0 (the grid of the max); the others are rescaled copies.
+        flip: also take the max over the mirrored views (deeplab-pytorch has no flip).
+
+    Returns:
+        probs float32 (K, H, W) on `device`.
+    """
+    if 1.0 not in [float(s) for s in scales]:
+        raise ValueError(f"the max merge (segnet.test_merge=max) needs scale 1.0 in the test "
+                         f"scales, got {list(scales)}")
+    height, width = image.shape[:2]
+    x = normalize_image(image, mean, std).unsqueeze(0).to(device)
+    if flip:
+        x = torch.cat([x, x.flip(-1)], dim=0)
+    logits = model(x, msc_scales=[float(s) for s in scales if float(s) != 1.0])[-1].float()
+    if flip:
+        logits = torch.maximum(logits[:1], logits[1:].flip(-1))
+    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    return logits[0].softmax(dim=0)
 
 
 def method_model(meta: dict[str, Any]) -> tuple[Any, nn.Module]:
@@ -321,7 +362,8 @@ class Predictor:
 
         Args:
             overrides: `scales`, `flip`, `crf`, `crf_params`, `max_side` replacing the test
-                settings stored in the checkpoint.
+                settings stored in the checkpoint; `merge` ("mean" / "max") replaces a segnet
+                checkpoint's view merge.
 
         Raises:
             CheckpointError: missing, corrupt or non-predicting checkpoint.
@@ -330,6 +372,9 @@ class Predictor:
         meta = state.get("meta") or {}
         if "class_names" not in meta:
             raise CheckpointError(f"{path}: checkpoint meta has no class names")
+        merge = overrides.pop("merge", None)
+        if merge is not None:
+            meta = {**meta, "test": {**(meta.get("test") or {}), "merge": merge}}
         score_model = checkpoint_kind(meta)(meta)
         load_model_state(score_model.model, state["model"], str(path))
         test = score_model.test

@@ -12,7 +12,7 @@ import torch
 from wsss.config import ConfigError, load_config
 from wsss.methods import build_method
 from wsss.methods import auxsegnet as aux_module
-from wsss.methods.auxsegnet import AuxSegNet
+from wsss.methods.auxsegnet import AuxSegNet, AuxSegNetConfig
 from wsss.ops.cross_task_affinity import propagate
 from wsss.pipeline.artifacts import read_manifest
 
@@ -128,10 +128,31 @@ def test_training_step_needs_saliency() -> None:
     ("method.round_init=last", "method.round_init"),
     ("method.pad_label=7", "method.pad_label"),
     ("method.head_dilations=[1,2]", "method.head_dilations"),
+    ("method.scale_per=epoch", "method.scale_per"),
+    ("method.resize=bicubic", "method.resize"),
 ])
 def test_bad_settings_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         _method(override)
+
+
+def test_voc_preset_follows_the_official_code_and_has_the_deeplab_settings() -> None:
+    """Items 18-20: labels padded with background, one cv2 rescale per batch, and the
+    segnet section of the other VOC presets (DeepLab-v2, deeplab-pytorch recipe)."""
+    from dataclasses import asdict
+
+    voc = ROOT / "configs" / "voc"
+    cfg = load_config(voc / "auxsegnet.yaml")
+    assert (cfg.method.pad_label, cfg.method.scale_per, cfg.method.resize) == (0, "batch", "cv2")
+    assert AuxSegNetConfig().pad_label == 0 and AuxSegNetConfig().scale_per == "batch"
+    ours, theirs = asdict(cfg.segnet), asdict(load_config(voc / "cam_baseline.yaml").segnet)
+    for key in ("pseudo_mask_stage", "enabled"):
+        ours.pop(key), theirs.pop(key)
+    assert ours == theirs
+    assert cfg.segnet.backbone == "resnet101_caffe" and cfg.segnet.pretrained != "none"
+    assert cfg.segnet.test_scales == [1.0, 0.5, 0.75] and cfg.segnet.test_merge == "max"
+    coco = load_config(ROOT / "configs" / "coco" / "auxsegnet.yaml").segnet
+    assert (coco.crop_size, coco.batch_size) == (481, 20)
 
 
 def test_cross_affinity_needs_multi_task() -> None:

@@ -21,9 +21,10 @@ from wsss.methods.segnet import (
     build_segnet_from_config,
     segmentation_loss,
     segnet_checkpoint_meta,
+    segnet_param_groups,
     segnet_training_step,
 )
-from wsss.predict import CHECKPOINT_KINDS, ScoreModel, multiscale_probs
+from wsss.predict import CHECKPOINT_KINDS, Predictor, ScoreModel, msc_max_probs, multiscale_probs
 
 from ..conftest import SMOKE
 from ..models.test_segnet import register_tiny
@@ -52,6 +53,27 @@ def test_one_training_step_is_finite() -> None:
         terms["seg"].backward()
         optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_msc_loss_terms_and_parameter_groups() -> None:
+    """Item 23: four finite MSC terms that train; head biases in their own group."""
+    torch.manual_seed(0)
+    cfg = _config(msc_train_scales=[0.5, 0.75], head_bias_weight_decay=None)
+    model = build_segnet_from_config(cfg, num_classes=3).train()
+    groups = segnet_param_groups(model, cfg)
+    assert [g["lr"] / cfg.lr for g in groups] == pytest.approx([1.0, 10.0, 20.0])
+    assert all("weight_decay" not in g for g in groups)  # null: the common weight decay
+    biases = {id(b) for b in model.head.branches.parameters() if b.ndim == 1}
+    assert {id(p) for p in groups[2]["params"]} == biases
+    masks = torch.randint(0, 4, (2, 40, 40))
+    masks[:, :8] = 255
+    terms = segnet_training_step(model, {"image": torch.randn(2, 3, 40, 40), "mask": masks},
+                                 msc_scales=cfg.msc_train_scales)
+    assert len(terms) == 4 and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert model.head.branches[0].bias.grad is not None
+    with pytest.raises(ValueError, match="segnet.test_merge"):
+        build_segnet_from_config(_config(test_merge="median"), num_classes=3)
 
 
 def test_losses_on_hand_made_masks() -> None:
@@ -95,6 +117,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_max_merge_predicts_the_msc_max(checkpoint: Path) -> None:
+    """Item 22: `merge="max"` scores like deeplab-pytorch's MSC test, not like the mean."""
+    image = _image(45, 61)
+    mean = Predictor.from_checkpoint(checkpoint).predict_probs(image)
+    predictor = Predictor.from_checkpoint(checkpoint, merge="max")
+    probs = predictor.predict_probs(image)
+    with torch.inference_mode():
+        expected = msc_max_probs(predictor.model, image, scales=[1.0, 0.5], flip=True)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert np.abs(probs - mean).max() > 1e-3
+    with pytest.raises(ValueError, match="1.0"):
+        Predictor.from_checkpoint(checkpoint, merge="max", scales=[0.5]).predict(image)
 
 
 def test_api_round_trip_equals_in_process_prediction(checkpoint: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from wsss.data.labels import IGNORE_INDEX
 from wsss.data.transforms import (
@@ -34,6 +34,7 @@ from wsss.data.transforms import (
 from wsss.io import DataError, load_mask, write_bytes
 
 __all__ = [
+    "SCALE_PER",
     "SaliencyAugment",
     "SaliencyDataset",
     "check_saliency_folder",
@@ -46,6 +47,59 @@ __all__ = [
 # image (or is transposed): rounding when a detector downsizes a map stays far below 5 %.
 _ASPECT_TOLERANCE = 1.05
 _EXIF_ORIENTATION = 0x0112
+# Where the random rescale factor is drawn: once per batch (AuxSegNet `get_data_from_chunk`)
+# or once per image.
+SCALE_PER = ("batch", "image")
+RESIZE_MODES = ("cv2", "pil")
+
+
+def _cv2_linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of OpenCV's INTER_LINEAR along one axis (`cv2.resize`:
+    half-pixel centres, scale = 1 / (dst / src) in double precision, coordinates clamped at
+    the borders, float32 weights, no antialiasing)."""
+    scale = 1.0 / (dst / src)
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
+    left = np.floor(pos).astype(np.int64)
+    frac = pos - left
+    low = left < 0
+    frac[low], left[low] = 0.0, 0
+    high = left >= src - 1
+    frac[high], left[high] = 0.0, src - 1
+    right = np.minimum(left + 1, src - 1)
+    return left, right, frac.astype(np.float32).astype(np.float64)
+
+
+def cv2_resize(array: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+    """`cv2.resize` of a float image (bilinear, `order` 1) or of labels (INTER_NEAREST,
+    `order` 0: source index ⌊x · src / dst⌋), in NumPy.
+
+    AuxSegNet resizes the image and saliency as float64 arrays (`exutils.py scale_im`), so the
+    bilinear mix is exact (no antialiasing when shrinking, unlike PIL), and the labels with
+    OpenCV's nearest neighbour, which samples the top-left of each cell (`scale_gt`).
+
+    Args:
+        array: (H, W) or (H, W, K).
+        size: target (height, width).
+
+    Returns:
+        bilinear: float32 of the new size; nearest: the input's dtype.
+    """
+    height, width = int(size[0]), int(size[1])
+    src_h, src_w = array.shape[:2]
+    if order == 0:
+        rows = np.minimum(np.floor(np.arange(height) * (1.0 / (height / src_h))), src_h - 1)
+        cols = np.minimum(np.floor(np.arange(width) * (1.0 / (width / src_w))), src_w - 1)
+        return array[rows.astype(np.int64)][:, cols.astype(np.int64)]
+    if order != 1:
+        raise ValueError(f"order must be 0 (nearest) or 1 (bilinear), got {order}")
+    x = np.asarray(array, dtype=np.float64)
+    top, bottom, fy = _cv2_linear_taps(src_h, height)
+    left, right, fx = _cv2_linear_taps(src_w, width)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x = x[top] * (1.0 - fy).reshape(shape) + x[bottom] * fy.reshape(shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    x = x[:, left] * (1.0 - fx).reshape(shape) + x[:, right] * fx.reshape(shape)
+    return x.astype(np.float32)
 
 
 def resolve_saliency_dir(root: str | Path, saliency_dir: str | Path) -> Path:
@@ -173,7 +227,8 @@ class SaliencyAugment:
     and saliency bilinear, mask nearest) → colour jitter (image only, optional) → normalise →
     horizontal flip (p = 0.5) → crop: a random window where the image is larger than the crop,
     zero padding at the bottom / right where it is smaller (image 0 = mean colour, saliency 0,
-    mask `mask_fill`).
+    mask `mask_fill`). The official code draws s once per batch: pass the batch's `scale` to
+    `__call__` (`SaliencyDataset(scale_per="batch")` does).
 
     Args:
         crop_size: output side, or None to keep the whole (rescaled) image.
@@ -183,6 +238,8 @@ class SaliencyAugment:
         color_jitter: (brightness, contrast, saturation, hue) or None.
         mask_fill: label of padded pixels: 255 (ignore, default) or 0 (background, as the
             official code pads).
+        resize: "pil" (PIL bilinear / nearest, antialiased when shrinking) or "cv2" (OpenCV's
+            bilinear on float values and its nearest neighbour, `cv2_resize`: the official).
         rng: optional `random.Random`; default the global `random` module.
 
     Call: (image uint8 (H, W, 3), mask uint8 (H, W) | None, saliency float32 (H, W) in [0, 1])
@@ -194,11 +251,14 @@ class SaliencyAugment:
                  resize_long: Sequence[int] | None = None, flip: bool = True,
                  color_jitter: Sequence[float] | None = None, mask_fill: int = IGNORE_INDEX,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 rng: random.Random | None = None) -> None:
+                 resize: str = "pil", rng: random.Random | None = None) -> None:
         if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be 0 < min <= max, got {list(scale_range)}")
         if resize_long is not None and not 0 < resize_long[0] <= resize_long[1]:
             raise ValueError(f"resize_long must be 0 < min <= max, got {list(resize_long)}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
         self.crop_size = crop_size
         self.scale_range = tuple(scale_range) if scale_range is not None else None
         self.resize_long = tuple(resize_long) if resize_long is not None else None
@@ -211,20 +271,30 @@ class SaliencyAugment:
     def _gen(self) -> Any:
         return random if self.rng is None else self.rng
 
-    @staticmethod
-    def _rescale(image: np.ndarray, mask: np.ndarray | None, saliency: np.ndarray,
+    def draw_scale(self) -> float | None:
+        """A rescale factor s ~ U(scale_range) from this transform's generator (None without
+        a scale range)."""
+        if self.scale_range is None:
+            return None
+        low, high = self.scale_range
+        return low + self._gen().random() * (high - low)
+
+    def _rescale(self, image: np.ndarray, mask: np.ndarray | None, saliency: np.ndarray,
                  scale: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         height, width = image.shape[:2]
         # cv2.resize to (int(W·s), int(H·s)): truncation, as the official code.
         size = (max(1, int(height * scale)), max(1, int(width * scale)))
-        image = pil_resize(image, size, order=1)
-        saliency = pil_resize(saliency, size, order=1)
+        resize = cv2_resize if self.resize == "cv2" else pil_resize
+        image = resize(image, size, order=1)
+        saliency = resize(saliency, size, order=1)
         if mask is not None:
-            mask = pil_resize(mask, size, order=0)
+            mask = resize(mask, size, order=0)
         return image, mask, saliency
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None, saliency: np.ndarray
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None, saliency: np.ndarray, *,
+                 scale: float | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`scale`: the batch's rescale factor; None draws one for this image."""
         gen = self._gen()
         if saliency.shape != image.shape[:2] or (mask is not None and mask.shape != saliency.shape):
             raise ValueError(f"image {image.shape}, mask {None if mask is None else mask.shape} "
@@ -233,10 +303,10 @@ class SaliencyAugment:
             target = gen.randint(self.resize_long[0], self.resize_long[1])
             image, mask, saliency = self._rescale(image, mask, saliency,
                                                   target / max(image.shape[:2]))
-        if self.scale_range is not None:
-            low, high = self.scale_range
-            image, mask, saliency = self._rescale(image, mask, saliency,
-                                                  low + gen.random() * (high - low))
+        if scale is None:
+            scale = self.draw_scale()
+        if scale is not None:
+            image, mask, saliency = self._rescale(image, mask, saliency, scale)
         if self.jitter is not None:
             image, _ = self.jitter(image, None)
         image = normalize_array(image, self.mean, self.std)
@@ -270,7 +340,8 @@ class SaliencyAugment:
 
     def __repr__(self) -> str:
         return (f"SaliencyAugment(crop_size={self.crop_size}, scale_range={self.scale_range}, "
-                f"resize_long={self.resize_long}, flip={self.flip}, mask_fill={self.mask_fill})")
+                f"resize_long={self.resize_long}, flip={self.flip}, mask_fill={self.mask_fill}, "
+                f"resize={self.resize!r})")
 
 
 class SaliencyDataset(Dataset):
@@ -286,13 +357,18 @@ class SaliencyDataset(Dataset):
         mask_dir: optional folder of `<name>.png` label masks of the image's size.
         transform: (image uint8, mask uint8 | None, saliency float32) → tensors, e.g.
             `SaliencyAugment`; None → normalised image, mask and saliency at full size.
+        scale_per: "image" (the transform draws its scale per item) or "batch" (AuxSegNet
+            `get_data_from_chunk`: items stay untransformed and `collate_fn` draws one scale
+            with `transform.draw_scale()` and transforms every item of the batch with it; the
+            training loader must use `collate_fn`).
 
     Samples: `image` (3, h, w) float32, `labels` (C,), `mask` int64 (h, w) (when masks exist),
     `saliency` float32 (h, w), `name`, `index`.
     """
 
     def __init__(self, dataset: Any, saliency_dir: str | Path, *,
-                 mask_dir: str | Path | None = None, transform: Any = None) -> None:
+                 mask_dir: str | Path | None = None, transform: Any = None,
+                 scale_per: str = "image") -> None:
         self.dataset = dataset
         self.saliency_dir = Path(saliency_dir)
         if not self.saliency_dir.is_dir():
@@ -300,7 +376,13 @@ class SaliencyDataset(Dataset):
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise DataError(f"mask folder not found: {self.mask_dir}")
+        if scale_per not in SCALE_PER:
+            raise ValueError(f"scale_per must be one of {SCALE_PER}, got {scale_per!r}")
+        if scale_per == "batch" and not hasattr(transform, "draw_scale"):
+            raise ValueError("scale_per='batch' needs a transform with draw_scale() "
+                             "(SaliencyAugment)")
         self.transform = transform
+        self.scale_per = scale_per
         self.names = dataset.names
         self.class_names = dataset.class_names
         self.num_classes = dataset.num_classes
@@ -335,6 +417,9 @@ class SaliencyDataset(Dataset):
         size = image.shape[:2]
         mask = self._mask(index, size)
         saliency = self.load_saliency(index, size)
+        if self.scale_per == "batch":  # transformed by collate_fn with the batch's scale
+            return {"_raw": (image, mask, saliency), "name": self.names[index], "index": index,
+                    "labels": torch.from_numpy(self.dataset.label_vector(index))}
         if self.transform is None:
             image_t = normalize_image(image)
             mask_t = mask_to_tensor(mask) if mask is not None else None
@@ -346,4 +431,21 @@ class SaliencyDataset(Dataset):
         if mask_t is not None:
             sample["mask"] = mask_t
         return sample
+
+    def collate_fn(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate a batch; with `scale_per="batch"` first draw one scale and transform every
+        item with it (the random state is the one the loader left after the batch's items,
+        seeded per item by the trainer, so a batch's augmentation is reproducible)."""
+        if self.scale_per == "batch":
+            scale = self.transform.draw_scale()
+            out = []
+            for sample in samples:
+                sample = dict(sample)
+                image_t, mask_t, sal_t = self.transform(*sample.pop("_raw"), scale=scale)
+                sample.update(image=image_t, saliency=sal_t)
+                if mask_t is not None:
+                    sample["mask"] = mask_t
+                out.append(sample)
+            samples = out
+        return default_collate(samples)
 

@@ -183,6 +183,7 @@ class Trainer:
         on_epoch_start: Callable[[int], None] | None = None,
         max_steps: int | None = None,
         logger: TrainLogger | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         world = dist.world_size()
         if batch_size % world:
@@ -204,7 +205,7 @@ class Trainer:
         self.items = SeededItems(dataset, seed)
         self.sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, batch_size=batch_size)
         self.loader_args = dict(batch_size=batch_size // world, num_workers=num_workers,
-                                drop_last=True)
+                                drop_last=True, collate_fn=collate_fn)
         self.steps_per_epoch = self.sampler.num_batches
         if max_steps is not None:
             self.epochs = -(-max_steps // self.steps_per_epoch)  # ceil

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from wsss.config import ConfigError, TrainConfig
 from wsss.data import build_dataset
 from wsss.data.saliency import (
+    RESIZE_MODES,
+    SCALE_PER,
     SaliencyAugment,
     SaliencyDataset,
     check_saliency_folder,
@@ -113,8 +115,12 @@ class AuxSegNetConfig:
     sal_loss_weight: float = 1.0
     seg_loss_weight: float = 1.0
     saliency_label_threshold: float = 0.5  # saliency labels binarised after augmentation
-    # Label of crop padding: 255 (ignored, wsss default) or 0 (background, the official code).
-    pad_label: int = 255
+    # Label of crop padding: 0 (background, the official `exutils.py crop`) or 255 (ignored).
+    pad_label: int = 0
+    # Round training rescale: one factor per batch (official `get_data_from_chunk`) or per
+    # image; resized like `cv2.resize` of the float image (official) or with PIL.
+    scale_per: str = "batch"
+    resize: str = "cv2"
     # Label update (`gen_pgt.py`, `fusion_cam`).
     cam_threshold: float = 0.2
     saliency_threshold: float = 0.06
@@ -275,8 +281,12 @@ def refined_cams(out: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
     Without the classification head (single-task ablation) the foreground channels of the
     refined segmentation softmax stand in for the CAMs.
 
+    The maps are not clamped (`gen_pgt.py:55-60`): with the official cross-task affinity, whose
+    rows need not sum to one, values may exceed 1, and clamping would tie the classes there
+    and change the argmax of `fuse_cam_saliency`.
+
     Returns:
-        (B, C, *size) in [0, 1].
+        (B, C, *size), non-negative (at most 1 when the affinity's rows sum to one).
     """
     if "cams" in out:
         cams = normalize_cams(out["cams"].float(), mode="max", eps=1e-5)
@@ -284,7 +294,7 @@ def refined_cams(out: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
             cams = propagate(out["affinity"].float(), cams)
     else:
         cams = torch.softmax(_refined(out, "seg").float(), dim=1)[:, 1:]
-    return _upsample(cams, size).clamp_(0.0, 1.0)
+    return _upsample(cams, size)
 
 
 # Method ----------------------------------------------------------------------------------------
@@ -326,7 +336,8 @@ class AuxSegNet(Method):
                   "method.head_dilations", "method.cls_dropout", "method.freeze_first_conv",
                   "method.round0_init", "method.round_init", "method.round_train",
                   "method.cls_loss_weight", "method.sal_loss_weight", "method.seg_loss_weight",
-                  "method.saliency_label_threshold", "method.pad_label")
+                  "method.saliency_label_threshold", "method.pad_label", "method.scale_per",
+                  "method.resize")
     label_keys = ("method.cam_threshold", "method.saliency_threshold", "method.saliency_crf",
                   "method.saliency_crf_tau", "method.saliency_dir")
     cam_keys = ()
@@ -348,6 +359,12 @@ class AuxSegNet(Method):
         if c.round_init not in ("previous", "initial"):
             raise ConfigError("config key 'method.round_init' must be 'previous' or 'initial', "
                               f"got {c.round_init!r}")
+        if c.scale_per not in SCALE_PER:
+            raise ConfigError(f"config key 'method.scale_per' must be one of {SCALE_PER}, got "
+                              f"{c.scale_per!r}")
+        if c.resize not in RESIZE_MODES:
+            raise ConfigError(f"config key 'method.resize' must be one of {RESIZE_MODES}, got "
+                              f"{c.resize!r}")
         if c.pad_label not in (0, 255):
             raise ConfigError(f"config key 'method.pad_label' must be 0 or 255, got {c.pad_label}")
         if len(c.head_dilations) != 3:
@@ -521,9 +538,11 @@ class AuxSegNet(Method):
                         else labels_dir / "saliency")
         augment = SaliencyAugment(
             crop_size=t.crop_size, scale_range=t.scale_range, resize_long=t.resize_long,
-            flip=t.flip, color_jitter=t.color_jitter, mask_fill=ctx.cfg.method.pad_label)
+            flip=t.flip, color_jitter=t.color_jitter, mask_fill=ctx.cfg.method.pad_label,
+            resize=ctx.cfg.method.resize)
         return SaliencyDataset(self._infer_dataset(ctx), saliency_dir,
-                               mask_dir=labels_dir / "masks", transform=augment)
+                               mask_dir=labels_dir / "masks", transform=augment,
+                               scale_per=ctx.cfg.method.scale_per)
 
     def _init_stage(self, round_index: int) -> str | None:
         """The stage whose model.pt initialises round `round_index` (None: model.pretrained)."""

@@ -321,6 +321,8 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
         on_epoch_start=on_epoch_start,
         logger=logger,
+        # A dataset that augments whole batches (AuxSegNet's one scale per batch) collates them.
+        collate_fn=getattr(dataset, "collate_fn", None),
     )
     return {"epochs": trainer.epochs, **finish_training(ctx, trainer, model, meta, logger)}
 

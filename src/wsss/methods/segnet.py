@@ -21,7 +21,7 @@ from torch import nn
 from wsss.config import RunConfig, SegnetConfig, to_dict
 from wsss.data import build_dataset
 from wsss.data.labels import IGNORE_INDEX
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_train_transform, pil_resize
 from wsss.engine import distributed as dist
 from wsss.engine.trainer import Trainer
 from wsss.evaluation import evaluate_masks, write_result
@@ -32,19 +32,22 @@ from wsss.pipeline.stages import Stage, StageContext, per_image
 from wsss.report.tensorboard import train_logger
 from wsss.predict import Predictor, crf_params
 
-__all__ = ["balanced_cross_entropy", "build_segnet_from_config", "segmentation_loss",
-           "segnet_checkpoint_meta", "segnet_stages", "segnet_training_step"]
+__all__ = ["balanced_cross_entropy", "build_segnet_from_config", "resize_masks_nearest",
+           "segmentation_loss", "segnet_checkpoint_meta", "segnet_param_groups", "segnet_stages",
+           "segnet_training_step"]
 
 TRAIN_KEYS = (
     "data.root", "data.infer_split", "data.image_dir", "pipeline.seed",
     "segnet.pseudo_mask_stage", "segnet.arch", "segnet.backbone", "segnet.output_stride",
-    "segnet.pretrained", "segnet.frozen_bn", "segnet.iterations", "segnet.batch_size",
-    "segnet.lr", "segnet.head_lr_mult", "segnet.poly_power", "segnet.weight_decay",
+    "segnet.pretrained", "segnet.frozen_bn", "segnet.frozen_bn_affine", "segnet.iterations",
+    "segnet.batch_size", "segnet.lr", "segnet.head_lr_mult", "segnet.head_bias_lr_mult",
+    "segnet.head_bias_weight_decay", "segnet.poly_power", "segnet.weight_decay",
     "segnet.momentum", "segnet.crop_size", "segnet.scale_range", "segnet.flip",
-    "segnet.balanced_ce", "segnet.amp",
+    "segnet.balanced_ce", "segnet.msc_train_scales", "segnet.amp",
 )
-PREDICT_KEYS = ("data.val_split", "segnet.test_scales", "segnet.test_flip", "segnet.crf",
-                "segnet.crf_preset")
+PREDICT_KEYS = ("data.val_split", "segnet.test_scales", "segnet.test_flip", "segnet.test_merge",
+                "segnet.crf", "segnet.crf_preset")
+TEST_MERGES = ("mean", "max")
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,10 +96,42 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, balanced: bo
     return per_pixel.sum() / (masks != ignore_index).sum().clamp(min=1)
 
 
-def segnet_training_step(model: nn.Module, batch: dict[str, Any], *, balanced: bool = False
-                         ) -> dict[str, torch.Tensor]:
-    """One step's loss terms: `{"seg": loss}` (for `wsss.engine.trainer.Trainer`)."""
-    return {"seg": segmentation_loss(model(batch["image"]), batch["mask"], balanced=balanced)}
+def resize_masks_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Labels resized with PIL's nearest neighbour, one image at a time (deeplab-pytorch
+    `main.py resize_labels`, which its docstring prefers to torch's and OpenCV's nearest).
+
+    Args:
+        masks: int64 (B, H, W) in 0..255.
+        size: target (h, w).
+
+    Returns:
+        int64 (B, h, w) on the masks' device.
+    """
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    cpu = masks.detach().cpu().numpy().astype(np.uint8)
+    out = np.stack([pil_resize(m, size, order=0) for m in cpu])
+    return torch.from_numpy(out.astype(np.int64)).to(masks.device)
+
+
+def segnet_training_step(model: nn.Module, batch: dict[str, Any], *, balanced: bool = False,
+                         msc_scales: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """One step's loss terms (for `wsss.engine.trainer.Trainer`).
+
+    Without `msc_scales`: `{"seg": loss}` on the logits upsampled to the crop. With them
+    (DeepLab-v2 MSC, deeplab-pytorch `main.py:226-233`): one cross-entropy per logit map —
+    the crop, each rescaled crop, their pixel-wise max — against the labels resized (nearest)
+    to that map, as `seg_s1`, `seg_s<scale>`, `seg_max` (the trainer sums them).
+    """
+    if not msc_scales:
+        return {"seg": segmentation_loss(model(batch["image"]), batch["mask"],
+                                         balanced=balanced)}
+    outputs = model(batch["image"], msc_scales=list(msc_scales))
+    names = ["seg_s1"] + [f"seg_s{s:g}" for s in msc_scales] + ["seg_max"]
+    masks = batch["mask"]
+    return {name: segmentation_loss(logits, resize_masks_nearest(masks, logits.shape[-2:]),
+                                    balanced=balanced)
+            for name, logits in zip(names, outputs)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,9 +141,28 @@ def segnet_training_step(model: nn.Module, batch: dict[str, Any], *, balanced: b
 
 def build_segnet_from_config(cfg: SegnetConfig, num_classes: int) -> SegNet:
     """The network `cfg` describes, for `num_classes` foreground classes."""
+    if cfg.test_merge not in TEST_MERGES:
+        raise ValueError(f"config key 'segnet.test_merge' must be one of {TEST_MERGES}, got "
+                         f"{cfg.test_merge!r}")
     return build_segnet(arch=cfg.arch, backbone=cfg.backbone, num_classes=num_classes,
                         output_stride=cfg.output_stride, pretrained=cfg.pretrained,
-                        frozen_bn=cfg.frozen_bn)
+                        frozen_bn=cfg.frozen_bn, frozen_bn_affine=cfg.frozen_bn_affine)
+
+
+def segnet_param_groups(model: SegNet, cfg: SegnetConfig) -> list[dict[str, Any]]:
+    """Optimizer groups (deeplab-pytorch `main.py:158-177`): the backbone's trainable
+    parameters at `lr`, the head's weights at `lr × head_lr_mult`, the head's conv biases at
+    `lr × head_bias_lr_mult` with `head_bias_weight_decay` (null: the common weight decay)."""
+    backbone, _ = model.param_groups()
+    weights, biases = model.head_weights_and_biases()
+    groups: list[dict[str, Any]] = [{"params": backbone, "lr": cfg.lr},
+                                    {"params": weights, "lr": cfg.lr * cfg.head_lr_mult}]
+    if biases:
+        bias_group: dict[str, Any] = {"params": biases, "lr": cfg.lr * cfg.head_bias_lr_mult}
+        if cfg.head_bias_weight_decay is not None:
+            bias_group["weight_decay"] = cfg.head_bias_weight_decay
+        groups.append(bias_group)
+    return [g for g in groups if g["params"]]
 
 
 def segnet_checkpoint_meta(cfg: RunConfig, method_name: str, source_stage: str,
@@ -125,8 +179,8 @@ def segnet_checkpoint_meta(cfg: RunConfig, method_name: str, source_stage: str,
                    "frozen_bn": s.frozen_bn},
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "test": {"scales": list(s.test_scales), "flip": s.test_flip, "crf": s.crf,
-                 "crf_preset": s.crf_preset, "crf_params": crf_params(s.crf_preset)},
+        "test": {"scales": list(s.test_scales), "flip": s.test_flip, "merge": s.test_merge,
+                 "crf": s.crf, "crf_preset": s.crf_preset, "crf_params": crf_params(s.crf_preset)},
         "config": to_dict(s),
     }
 
@@ -170,13 +224,13 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
         )
         dataset = build_dataset(data, ctx.cfg.data.infer_split, transform=transform)
         model = build_segnet_from_config(s, dataset.num_classes)
-        backbone, head = model.param_groups()
-        groups = [{"params": backbone, "lr": s.lr}, {"params": head, "lr": s.lr * s.head_lr_mult}]
+        groups = segnet_param_groups(model, s)
         meta = segnet_checkpoint_meta(ctx.cfg, method.name, f"{source}/{folder}",
                                       dataset.class_names)
         logger = train_logger(ctx)
         trainer = Trainer(
-            model=model, step_fn=functools.partial(segnet_training_step, balanced=s.balanced_ce),
+            model=model, step_fn=functools.partial(segnet_training_step, balanced=s.balanced_ce,
+                                                   msc_scales=list(s.msc_train_scales)),
             param_groups=groups, dataset=dataset, out_dir=ctx.out_dir, device=ctx.device,
             epochs=1, max_steps=s.iterations, batch_size=s.batch_size, optimizer="sgd",
             momentum=s.momentum, weight_decay=s.weight_decay, poly_power=s.poly_power, amp=s.amp,
@@ -199,6 +253,7 @@ def predict_val_stage(name: str = "predict_val", train_stage: str = "train_segne
         predictor = Predictor.from_checkpoint(
             ctx.stage_dir(train_stage) / "model.pt", device=ctx.device, scales=s.test_scales,
             flip=s.test_flip, crf=s.crf, crf_params=crf_params(s.crf_preset), max_side=None,
+            merge=s.test_merge,
         )
         index = {n: i for i, n in enumerate(dataset.names)}
         plain_dir, crf_dir = ctx.out_dir / "masks", ctx.out_dir / "masks_crf"
@@ -214,7 +269,7 @@ def predict_val_stage(name: str = "predict_val", train_stage: str = "train_segne
 
         done = per_image(dataset.names, lambda n: last_dir / f"{n}.png", work, desc=name)
         return {"split": split, "images": len(dataset), "computed": done,
-                "scales": list(s.test_scales), "flip": s.test_flip,
+                "scales": list(s.test_scales), "flip": s.test_flip, "merge": s.test_merge,
                 "crf": s.crf_preset if s.crf else None}
 
     return Stage(name, run, needs=(train_stage,), depends_on=PREDICT_KEYS,

@@ -214,6 +214,3 @@ def build_backbone(name: str, *, output_stride: int, pretrained: str, frozen_bn:
     return BACKBONES.get(name)(
         output_stride=output_stride, pretrained=pretrained, frozen_bn=frozen_bn
     )
-
-
-from wsss.models import resnet38, vgg  # noqa: E402,F401  (register "resnet38", "vgg16")

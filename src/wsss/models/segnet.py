@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.models.backbones import build_backbone
+from wsss.ops.msc import msc_logits, msc_max
 
 __all__ = ["ARCHS", "DeepLabV1Head", "DeepLabV2Head", "DeepLabV3PlusHead", "SegNet",
-           "build_segnet", "scaled_rates"]
+           "build_segnet", "freeze_batchnorm_affine", "scaled_rates"]
 
 
 def scaled_rates(rates: Sequence[int], output_stride: int) -> list[int]:
@@ -146,16 +147,50 @@ class SegNet(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) normalised → logits (B, C + 1, H, W)."""
-        logits = self.head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) normalised → logits (B, C + 1, h, w) at the head's stride."""
+        return self.head(self.backbone(images))
+
+    def forward(self, images: torch.Tensor, *, msc_scales: Sequence[float] | None = None
+                ) -> torch.Tensor | list[torch.Tensor]:
+        """images (B, 3, H, W) normalised → logits (B, C + 1, H, W) upsampled (bilinear).
+
+        With `msc_scales` (DeepLab-v2 MSC, `deeplab-pytorch: libs/models/msc.py`): the list
+        [input, each rescaled input, pixel-wise max] of logits at the head's stride, not
+        upsampled, for the multi-scale loss and the max-merged test (`wsss.ops.msc`).
+        """
+        if msc_scales is not None:
+            pyramid = msc_logits(self.logits, images, msc_scales)
+            return pyramid + [msc_max(pyramid)]
+        return F.interpolate(self.logits(images), size=images.shape[-2:], mode="bilinear",
                              align_corners=False)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters that train, head parameters): the head gets the higher lr."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         return backbone, [p for p in self.head.parameters() if p.requires_grad]
+
+    def head_weights_and_biases(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The head's trainable parameters as (all but the conv biases, the conv biases):
+        deeplab-pytorch trains the ASPP biases at 2× the head's lr, without weight decay."""
+        biases = [m.bias for m in self.head.modules()
+                  if isinstance(m, nn.Conv2d) and m.bias is not None and m.bias.requires_grad]
+        ids = {id(p) for p in biases}
+        rest = [p for p in self.head.parameters() if p.requires_grad and id(p) not in ids]
+        return rest, biases
+
+
+def freeze_batchnorm_affine(module: nn.Module) -> nn.Module:
+    """Stop training the affine weight and bias of every BatchNorm in `module` (in place).
+
+    deeplab-pytorch optimises only the convolutions of the backbone (`main.py get_params`),
+    so the BatchNorm scales and shifts keep their pre-trained values.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    return module
 
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -174,6 +209,7 @@ def build_segnet(
     output_stride: int = 8,
     pretrained: str = "none",
     frozen_bn: bool = False,
+    frozen_bn_affine: bool = False,
 ) -> SegNet:
     """A DeepLab network predicting background + `num_classes` foreground classes.
 
@@ -183,6 +219,8 @@ def build_segnet(
         num_classes: C, foreground classes; the network outputs C + 1 channels.
         output_stride: 8 or 16 (atrous rates are rescaled, see the module docstring).
         pretrained, frozen_bn: passed to the backbone builder.
+        frozen_bn_affine: the backbone's BatchNorm weights and biases are not trained
+            (`freeze_batchnorm_affine`, deeplab-pytorch).
 
     Example:
         >>> net = build_segnet(arch="deeplabv2", backbone="resnet18", num_classes=20)
@@ -193,6 +231,8 @@ def build_segnet(
         raise ValueError(f"unknown segnet arch {arch!r}; valid: {', '.join(sorted(ARCHS))}")
     body = build_backbone(backbone, output_stride=output_stride, pretrained=pretrained,
                           frozen_bn=frozen_bn)
+    if frozen_bn_affine:
+        freeze_batchnorm_affine(body)
     rates = scaled_rates(_DEFAULT_RATES[arch], output_stride)
     channels = list(body.out_channels)
     if arch == "deeplabv1":
