@@ -255,10 +255,11 @@ def pseudo_mask(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random-walk pseudo-mask of one image (IRN `make_sem_seg_labels`, AMN variant).
 
-    Background channels (key 0) are dropped; the stride-4 CAMs (given, or bilinearly reduced from
-    the full-resolution ones) are raised to `cam_power`, walked on the flip-averaged boundary
-    map, upsampled ×4, cropped, divided by their single global max, and a constant background
-    plane `bg_threshold` is prepended.
+    Background channels (key 0) are dropped; the stride-4 CAMs (given, as IRN's `cam`; only
+    without them bilinearly reduced from the full-resolution ones) are raised to `cam_power`,
+    walked on the flip-averaged boundary map (computed on the image zero-padded to
+    `boundary_pad`², as IRN's `EdgeDisplacement`), upsampled ×4, cropped, divided by their single
+    global max, and a constant background plane `bg_threshold` is prepended.
 
     Args:
         image: uint8 (H, W, 3).
