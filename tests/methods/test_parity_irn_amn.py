@@ -52,8 +52,15 @@ def fixture(name: str) -> dict[str, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def _irnet() -> IRNet:
     """One ResNet-50 IRNet with the fixtures' weights, shared by the tests (never modified)."""
-    backbone = build_backbone("resnet50", output_stride=16, pretrained="none", frozen_bn=True)
-    model = IRNet(backbone=backbone)
+    with torch.device("meta"):  # no default initialisation: every tensor is filled below
+        backbone = build_backbone("resnet50", output_stride=16, pretrained="none",
+                                  frozen_bn=True)
+        model = IRNet(backbone=backbone)
+    return _synthetic(model)
+
+
+def _synthetic(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.to_empty(device=CPU)
     make_irn_amn.load_synthetic(model)
     return model.eval()
 
@@ -90,14 +97,15 @@ def test_boundary_map_pads_to_512_like_edge_displacement() -> None:
 # --- CAM stage: stride-4 map and float32 files (items 3, 4) -------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def _cam_baseline():
     cfg = load_config(None, ["method.name=cam_baseline", "model.backbone=resnet50",
                              "model.pretrained=none", "model.frozen_bn=true",
                              "pipeline.winograd=false", "pipeline.view_streams=false"])
     method = build_method(cfg)
-    model = method.build_model(20)
-    make_irn_amn.load_synthetic(model)
-    return method, model.eval()
+    with torch.device("meta"):
+        model = method.build_model(20)
+    return method, _synthetic(model)
 
 
 @needs_crf
@@ -121,6 +129,14 @@ def test_make_cam_strided_map_and_float32_seeds(tmp_path) -> None:
     fg, bg = make_irn_amn.IRN_SEED
     seeds = seeds_from_cams(f["image"], cams, keys, fg_threshold=fg, bg_threshold=bg)
     np.testing.assert_array_equal(seeds, fixture("cam_to_ir_label")["conf"])
+
+
+def test_cam_network_forward_matches_official() -> None:
+    f = fixture("cam_forward")
+    _, model = _cam_baseline()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(f["images"]))
+    np.testing.assert_allclose(logits.numpy(), f["logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_cam_files_are_float32_unless_float16_is_asked(tmp_path) -> None:
@@ -183,13 +199,25 @@ def test_amn_pseudo_mask_matches_make_sem_seg_labels() -> None:
 # --- AMN CAMs, seeds and loss -------------------------------------------------------------------
 
 
-def test_amn_cams_match_make_amn_cam() -> None:
-    f = fixture("amn_make_cam")
+@functools.lru_cache(maxsize=1)
+def _amn():
     cfg = load_config(None, ["method.name=amn", "model.backbone=resnet50",
                              "model.pretrained=none", "model.frozen_bn=true"])
-    model = build_method(cfg).build_model(20)
-    make_irn_amn.load_synthetic(model)
-    model.eval()
+    with torch.device("meta"):
+        model = build_method(cfg).build_model(20)
+    return _synthetic(model)  # wsss's eval() turns the dropout off
+
+
+def test_amn_forward_matches_official() -> None:
+    f = fixture("amn_forward")
+    with torch.inference_mode():
+        logits = _amn()(torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]))
+    np.testing.assert_allclose(logits.numpy(), f["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_amn_cams_match_make_amn_cam() -> None:
+    f = fixture("amn_make_cam")
+    model = _amn()
     with torch.inference_mode():
         cams, strided, keys = amn_cams(model, f["image"], f["label"], scales=list(f["scales"]),
                                        seeds=f["seeds"], device=CPU)
