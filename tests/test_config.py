@@ -67,3 +67,24 @@ def test_every_preset_loads() -> None:
     assert presets
     for preset in presets:
         load_config(preset)
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_amn_presets_train_deeplab_on_the_irn_masks(dataset: str) -> None:
+    """AMN's DeepLab trains on the random-walk masks with balanced CE (amn.md §4), not on the
+    CAM seeds the CAM baseline preset names (issue 20, item 2); COCO keeps crop 481, batch 20."""
+    cfg = load_config(ROOT / f"configs/{dataset}/amn.yaml")
+    assert cfg.segnet.pseudo_mask_stage == "make_pseudo_masks"
+    assert cfg.segnet.balanced_ce is True
+    assert cfg.method.irn.boundary_pad == 512
+    assert cfg.pipeline.cam_dtype == "float32"
+    if dataset == "coco":
+        assert (cfg.segnet.crop_size, cfg.segnet.batch_size) == (481, 20)
+    else:
+        assert (cfg.segnet.crop_size, cfg.segnet.batch_size) == (321, 10)
+
+
+def test_cam_dtype_is_checked() -> None:
+    assert load_config(None, ["pipeline.cam_dtype=float16"]).pipeline.cam_dtype == "float16"
+    with pytest.raises(ConfigError, match="pipeline.cam_dtype"):
+        load_config(None, ["pipeline.cam_dtype=half"])

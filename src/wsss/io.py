@@ -187,17 +187,32 @@ def load_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
 
 
-def save_cams(path: str | Path, cams: np.ndarray, keys: np.ndarray, **extra: np.ndarray) -> None:
-    """Write a CAM file: `.npz` with `cams` float16 (K, H, W) and `keys` int64 (K,).
+CAM_DTYPES = ("float32", "float16")
+
+
+def save_cams(path: str | Path, cams: np.ndarray, keys: np.ndarray, *, dtype: str = "float32",
+              **extra: np.ndarray) -> None:
+    """Write a CAM file: `.npz` with `cams` (K, H, W) and `keys` int64 (K,).
 
     `keys` are class indices in the mask convention (0 = background, c = foreground class c).
-    Extra named arrays (e.g. a strided `cams_lowres`) are stored beside them.
+    Extra named arrays (e.g. a stride-4 `cams_strided`) are stored beside them.
+
+    Args:
+        dtype: "float32" (default; the official CAM files are float32) or "float16" (half the
+            disk, but about 20 seed pixels per VOC image flip after the CRF, issue 20); float
+            extras are stored in it too (`pipeline.cam_dtype`).
     """
+    if dtype not in CAM_DTYPES:
+        raise ValueError(f"CAM dtype must be one of {CAM_DTYPES} (pipeline.cam_dtype), "
+                         f"got {dtype!r}")
     cams = np.asarray(cams)
     keys = np.asarray(keys, dtype=np.int64)
     if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
         raise ValueError(f"CAMs for {path}: shape {cams.shape} does not match keys {keys.shape}")
-    arrays = {"cams": cams.astype(np.float16), "keys": keys, **extra}
+    extra = {k: np.asarray(v) for k, v in extra.items()}
+    extra = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v
+             for k, v in extra.items()}
+    arrays = {"cams": cams.astype(dtype), "keys": keys, **extra}
     write_bytes(path, npz_bytes(arrays))
 
 

@@ -86,6 +86,30 @@ def test_dense_crf_accepts_tensors_and_strided_images_without_mutation():
     np.testing.assert_array_equal(image, image_before)
 
 
+def test_crf_functions_accept_read_only_arrays():
+    """`np.asarray(PIL image)` is read-only; pydensecrf rejects read-only buffers, so the
+    functions copy them (issue 20, item 6) and give the same result as on writable copies."""
+    from PIL import Image
+
+    from wsss.ops.crf import dense_crf_energies
+
+    rng = np.random.default_rng(3)
+    image = np.asarray(Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)))
+    assert not image.flags.writeable
+    probs = _random_probs(rng, 3, 16, 20)
+    labels = rng.integers(0, 3, (16, 20))
+    frozen_probs, frozen_labels = probs.copy(), labels.copy()
+    unary = -np.log(probs)
+    frozen_unary = unary.copy()
+    for a in (frozen_probs, frozen_labels, frozen_unary):
+        a.setflags(write=False)
+    np.testing.assert_array_equal(dense_crf(image, frozen_probs), dense_crf(image.copy(), probs))
+    np.testing.assert_array_equal(dense_crf_labels(image, frozen_labels, num_labels=3),
+                                  dense_crf_labels(image.copy(), labels, num_labels=3))
+    np.testing.assert_array_equal(dense_crf_energies(image, frozen_unary, **CRF_PRESETS["psa"]),
+                                  dense_crf_energies(image.copy(), unary, **CRF_PRESETS["psa"]))
+
+
 def test_dense_crf_rejects_bad_shapes():
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError):

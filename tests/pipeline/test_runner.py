@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import wsss.methods.base as base
@@ -75,6 +76,12 @@ def test_killed_make_cam_resumes_without_recomputing(smoke_overrides, monkeypatc
     assert status["train_cam"] == "skipped" and status["make_cam"] == "resumed"
     summary = read_manifest(run_dir / "make_cam")["summary"]
     assert summary["computed"] == summary["images"] - 5
+    # CAM files are float32 and carry IRN's stride-4 map (issue 20, items 3 and 4).
+    with np.load(sorted((run_dir / "make_cam/cams").glob("*.npz"))[0]) as data:
+        cams, strided = data["cams"], data["cams_strided"]
+    h, w = cams.shape[1:]
+    assert cams.dtype == strided.dtype == np.float32
+    assert strided.shape == (cams.shape[0], (h - 1) // 4 + 1, (w - 1) // 4 + 1)
 
 
 def test_killed_training_resumes_from_checkpoint(smoke_overrides, monkeypatch) -> None:

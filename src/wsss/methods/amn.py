@@ -194,15 +194,16 @@ class Amn(Method):
                         model, dataset.load_image(i), dataset.label_vector(i),
                         scales=list(self.mcfg.amn_cam_scales), seeds=load_mask(seed_path),
                         device=ctx.device)
-                save_cams(cam_dir / f"{item}.npz", cams, keys,
-                          cams_strided=strided.astype(np.float16))
+                save_cams(cam_dir / f"{item}.npz", cams, keys, cams_strided=strided,
+                          dtype=ctx.cfg.pipeline.cam_dtype)
 
             done = per_image(dataset.names, lambda n: cam_dir / f"{n}.npz", work, desc=name)
             return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done,
                     "inference_dropout": self.mcfg.inference_dropout}
 
         return Stage(name, run, needs=(train_stage, seed_stage),
-                     depends_on=("data.infer_split", "data.root") + self.cam_keys,
+                     depends_on=("data.infer_split", "data.root", "pipeline.cam_dtype")
+                     + self.cam_keys,
                      description="AMN CAMs: multi-scale + flip softmax, min-max, bg rule (.npz)")
 
     def train_amn_stage(self, name: str = "train_amn", seed_stage: str = "make_seeds",

@@ -95,6 +95,13 @@ class Method(abc.ABC):
         """image uint8 (H, W, 3), labels (C,) → cams float32 (K, H, W) in [0, 1], keys (K,)."""
         ...
 
+    def cam_file_arrays(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
+                        ) -> dict[str, np.ndarray]:
+        """What `make_cam` stores for one image: `cams` and `keys` from `infer_cams`. A method
+        whose CAMs feed IRN's random walk adds `cams_strided` (K, ⌈H/4⌉, ⌈W/4⌉) (CAM baseline)."""
+        cams, keys = self.infer_cams(model, image, labels)
+        return {"cams": cams, "keys": keys}
+
     @abc.abstractmethod
     def stages(self) -> list[Stage]:
         ...
@@ -172,7 +179,12 @@ class Method(abc.ABC):
         infer: Callable[[nn.Module, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
         | None = None,
     ) -> Stage:
-        infer = infer or self.infer_cams
+        def arrays(model: nn.Module, image: np.ndarray, labels: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+            if infer is None:
+                return self.cam_file_arrays(model, image, labels)
+            cams, keys = infer(model, image, labels)
+            return {"cams": cams, "keys": keys}
 
         def run(ctx: StageContext) -> dict[str, Any]:
             dataset = self.dataset(ctx.cfg.data.infer_split)
@@ -183,14 +195,15 @@ class Method(abc.ABC):
             def work(item: str) -> None:
                 i = index[item]
                 with torch.inference_mode():
-                    cams, keys = infer(model, dataset.load_image(i), dataset.label_vector(i))
-                save_cams(cam_dir / f"{item}.npz", cams, keys)
+                    out = arrays(model, dataset.load_image(i), dataset.label_vector(i))
+                save_cams(cam_dir / f"{item}.npz", dtype=ctx.cfg.pipeline.cam_dtype, **out)
 
             done = per_image(dataset.names, lambda n: cam_dir / f"{n}.npz", work, desc=name)
             return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
 
         return Stage(name, run, needs=(train_stage,),
-                     depends_on=("data.infer_split", "data.root") + self.cam_keys,
+                     depends_on=("data.infer_split", "data.root", "pipeline.cam_dtype")
+                     + self.cam_keys,
                      description="multi-scale + flip CAMs per image (.npz)")
 
     def eval_classifier_stage(self, name: str = "eval_cls", train_stage: str = "train_cam"

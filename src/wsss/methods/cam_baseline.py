@@ -23,7 +23,7 @@ from wsss.methods.base import Method
 from wsss.models.backbones import FrozenStatsBatchNorm2d, build_backbone
 from wsss.models.cam_classifier import CamClassifier
 from wsss.models.fused import fuse_blocks, fused_kernels_available
-from wsss.ops.cam import normalize_cams, strided_up_size
+from wsss.ops.cam import normalize_cams, strided_size, strided_up_size
 from wsss.ops.winograd import WinogradConv2d
 from wsss.pipeline.stages import Stage
 
@@ -45,7 +45,8 @@ class CamBaselineConfig:
 def multiscale_cams(
     cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
     device: torch.device, channels_last: bool = False, view_streams: bool = False,
-) -> torch.Tensor:
+    low_stride: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
     resized to the stride-rounded full size and the scales are summed.
 
@@ -56,9 +57,13 @@ def multiscale_cams(
         view_streams: on the CPU with `flip`, more than one intra-op thread and no autocast,
             run the image and its mirror as two concurrent streams (`per_view_streams`) instead
             of one batch of two, for the scales whose views have >= `STREAM_MIN_PIXELS`.
+        low_stride: also merge at this stride (IRN's strided `cam`, stride 4): each scale's
+            flip-merged maps resized straight to `strided_size((H, W), low_stride)` and summed
+            (`jiwoon-ahn/irn: step/make_cam.py` 38-40), not a reduction of the full map.
 
     Returns:
-        float32 (C, H, W), not normalised.
+        float32 (C, H, W), not normalised; with `low_stride` the pair (that map, float32
+        (C, (H − 1) // low_stride + 1, (W − 1) // low_stride + 1)).
     """
     height, width = image.shape[:2]
     up = strided_up_size((height, width), stride)
@@ -73,13 +78,18 @@ def multiscale_cams(
     if streamed:
         for i, maps in zip(streamed, per_view_streams(cam_fn, [batches[i] for i in streamed])):
             outputs[i] = maps
-    total = None
+    low_size = strided_size((height, width), low_stride) if low_stride is not None else None
+    total, low_total = None, None
     for maps in outputs:
         merged = maps[0] + maps[1].flip(-1) if flip else maps[0]
+        if low_size is not None:
+            low = F.interpolate(merged[None].float(), size=low_size, mode="bilinear",
+                                align_corners=False)[0]
+            low_total = low if low_total is None else low_total + low
         merged = F.interpolate(merged[None].float(), size=up, mode="bilinear",
                                align_corners=False)[0, :, :height, :width]
         total = merged if total is None else total + merged
-    return total
+    return total if low_stride is None else (total, low_total)
 
 
 # Views smaller than this run as one batch: measured on 2 cores, streams ran 1.1-1.3x slower
@@ -248,17 +258,27 @@ class CamBaseline(Method):
 
     def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self.cam_file_arrays(model, image, labels)
+        return arrays["cams"], arrays["keys"]
+
+    def cam_file_arrays(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
+                        ) -> dict[str, np.ndarray]:
+        """IRN `make_cam`: `cams` (K, H, W) (`high_res`) and `cams_strided` (K, ⌈H/4⌉, ⌈W/4⌉)
+        (`cam`, each scale resized straight to stride 4; what IRN's random walk reads), both
+        max-normalised per class on their own, and `keys` (K,) = present classes."""
         device = next(model.parameters()).device
         fast, channels_last = inference_model(model, compile=self.cfg.pipeline.compile,
                                                winograd=self.cfg.pipeline.winograd)
-        cams = multiscale_cams(fast.cams, image, scales=list(self.mcfg.cam_scales),
-                               flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
-                               device=device, channels_last=channels_last,
-                               view_streams=(channels_last and self.cfg.pipeline.view_streams
-                                             and not self.cfg.pipeline.compile))
+        cams, strided = multiscale_cams(
+            fast.cams, image, scales=list(self.mcfg.cam_scales), flip=self.mcfg.cam_flip,
+            stride=model.backbone.output_stride, device=device, channels_last=channels_last,
+            view_streams=(channels_last and self.cfg.pipeline.view_streams
+                          and not self.cfg.pipeline.compile), low_stride=4)
         present = np.flatnonzero(labels > 0)
-        cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
-        return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
+        keep = torch.as_tensor(present, device=cams.device)
+        cams, strided = (normalize_cams(x[keep], mode="max").detach().cpu().numpy()
+                         .astype(np.float32) for x in (cams, strided))
+        return {"cams": cams, "cams_strided": strided, "keys": present.astype(np.int64) + 1}
 
     def stages(self) -> list[Stage]:
         return self.cam_stages()

@@ -79,6 +79,9 @@ class IrnConfig:
     # num_steps sparse products (`wsss.ops.random_walk`).
     walk_tol: float = 1e-6
     cam_power: float = 1.0  # CAMs are raised to this before the walk (AMN: 1.3)
+    # The boundary map at inference is computed on the image zero-padded to this square side
+    # (IRN `EdgeDisplacement`, 512; GroupNorm statistics include the padding); 0 = unpadded.
+    boundary_pad: int = 512
     bg_threshold: float = 0.25  # IRN `sem_seg_bg_thres`
 
 
@@ -185,19 +188,20 @@ def refiner_walk_stage(
         index = {n: i for i, n in enumerate(dataset.names)}
         cam_dir = ctx.stage_dir(cam_stage) / "cams"
         mask_dir, prob_dir = ctx.out_dir / "masks", ctx.out_dir / "probs"
+        cam_dtype = ctx.cfg.pipeline.cam_dtype
 
         def work(item: str) -> None:
             image = dataset.load_image(index[item])
             with torch.inference_mode():
                 mask, probs, keys = walk(model, image, cam_dir / f"{item}.npz", cfg, ctx.device)
-            save_cams(prob_dir / f"{item}.npz", probs, keys)
+            save_cams(prob_dir / f"{item}.npz", probs, keys, dtype=cam_dtype)
             save_mask(mask_dir / f"{item}.png", mask)  # written last: marks the item done
 
         done = per_image(dataset.names, lambda n: mask_dir / f"{n}.png", work, desc=name)
         return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
 
-    return Stage(name, make_masks, needs=(train_stage, cam_stage), depends_on=depends_on,
-                 description=description)
+    return Stage(name, make_masks, needs=(train_stage, cam_stage),
+                 depends_on=depends_on + ("pipeline.cam_dtype",), description=description)
 
 
 def build_irnet(cfg: Any, *, load_pretrained: bool = True) -> IRNet:
@@ -251,10 +255,11 @@ def pseudo_mask(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random-walk pseudo-mask of one image (IRN `make_sem_seg_labels`, AMN variant).
 
-    Background channels (key 0) are dropped; the stride-4 CAMs (given, or bilinearly reduced from
-    the full-resolution ones) are raised to `cam_power`, walked on the flip-averaged boundary
-    map, upsampled ×4, cropped, divided by their single global max, and a constant background
-    plane `bg_threshold` is prepended.
+    Background channels (key 0) are dropped; the stride-4 CAMs (given, as IRN's `cam`; only
+    without them bilinearly reduced from the full-resolution ones) are raised to `cam_power`,
+    walked on the flip-averaged boundary map (computed on the image zero-padded to
+    `boundary_pad`², as IRN's `EdgeDisplacement`), upsampled ×4, cropped, divided by their single
+    global max, and a constant background plane `bg_threshold` is prepended.
 
     Args:
         image: uint8 (H, W, 3).
@@ -279,7 +284,8 @@ def pseudo_mask(
         full = torch.from_numpy(np.ascontiguousarray(cams[fg])).float().to(device)
         low = F.interpolate(full[None], size=size, mode="bilinear", align_corners=False)[0]
     low = low.clamp_min(0).pow(cfg.cam_power)
-    boundary = model.boundary(normalize_image(image)[None].to(device), size)
+    boundary = model.boundary(normalize_image(image)[None].to(device), size,
+                              pad_to=cfg.boundary_pad)
     walked = random_walk(low, boundary, radius=cfg.radius, beta=cfg.beta,
                          num_steps=cfg.num_steps, tol=cfg.walk_tol)
     up = F.interpolate(walked[None], scale_factor=4, mode="bilinear",
@@ -340,7 +346,8 @@ def irn_stages(
                   f"{config_key}.backbone_weights")
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.beta",
                  f"{config_key}.num_steps", f"{config_key}.walk_tol",
-                 f"{config_key}.cam_power", f"{config_key}.bg_threshold")
+                 f"{config_key}.cam_power", f"{config_key}.bg_threshold",
+                 f"{config_key}.boundary_pad")
     return [
         refiner_train_stage(
             method, train_name, labels_stage=seed_stage, backbone_stage=backbone_stage,

@@ -472,13 +472,15 @@ class OneStage(Method):
                                   post.argmax(0).astype(np.uint8))
                 keys = np.concatenate([[0], np.flatnonzero(gt.numpy()) + 1]).astype(np.int64)
                 clean = variants["_clean"][torch.as_tensor(keys)].clamp(0.0, 1.0)
-                save_cams(out / "cams" / f"{item}.npz", clean.numpy(), keys)  # written last
+                save_cams(out / "cams" / f"{item}.npz", clean.numpy(), keys,  # written last
+                          dtype=ctx.cfg.pipeline.cam_dtype)
 
             done = per_image(dataset.names, lambda n: out / "cams" / f"{n}.npz", work, desc=name)
             return {"split": ctx.cfg.data.infer_split, "images": len(dataset), "computed": done}
 
         return Stage(name, run, needs=(train_stage,),
-                     depends_on=("data.infer_split", "data.root") + self.cam_keys,
+                     depends_on=("data.infer_split", "data.root", "pipeline.cam_dtype")
+                     + self.cam_keys,
                      description="multi-scale + flip masks (predicted / image labels, ±CRF)")
 
     def stages(self) -> list[Stage]:

@@ -105,12 +105,20 @@ class IRNet(nn.Module):
         return list(self.edge_layers.parameters()), list(self.dp_layers.parameters())
 
     @torch.no_grad()
-    def boundary(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def boundary(self, images: torch.Tensor, size: tuple[int, int] | None = None, *,
+                 pad_to: int = 512) -> torch.Tensor:
         """Flip-averaged boundary probabilities (IRN `EdgeDisplacement`).
+
+        The image and its mirror are zero-padded right and bottom to `pad_to` × `pad_to` (after
+        normalisation, as `EdgeDisplacement(crop_size=512)`), run as one batch and cropped back
+        to the stride-4 size. The padding changes the map, not only the batching: GroupNorm's
+        statistics include the padded area. A side above `pad_to` is not padded (the official
+        code assumes sides ≤ 512); `pad_to=0` runs the unpadded image.
 
         Args:
             images: (1, 3, H, W) one normalised image.
             size: output (h, w), default the stride-4 size ((H − 1) // 4 + 1, (W − 1) // 4 + 1).
+            pad_to: side of the zero-padded canvas; 0 = no padding.
 
         Returns:
             (h, w) sigmoid of the mean of the edge logits of the image and its mirror.
@@ -118,7 +126,9 @@ class IRNet(nn.Module):
         height, width = images.shape[-2:]
         if size is None:
             size = ((height - 1) // 4 + 1, (width - 1) // 4 + 1)
-        edge, _ = self(torch.cat([images, images.flip(-1)], dim=0))
+        views = torch.cat([images, images.flip(-1)], dim=0)
+        views = F.pad(views, [0, max(pad_to - width, 0), 0, max(pad_to - height, 0)])
+        edge, _ = self(views)
         edge = edge[..., : size[0], : size[1]]
         if edge.shape[-2:] != tuple(size):
             edge = F.interpolate(edge, size=size, mode="bilinear", align_corners=False)

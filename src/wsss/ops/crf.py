@@ -83,14 +83,21 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _buffer(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """`x` as a C-contiguous, writable array: pydensecrf's typed memoryviews reject strided
+    views (e.g. flipped images) and read-only buffers (`np.asarray` of a PIL image), so such
+    arrays are copied; others pass through."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x if x.flags.writeable else x.copy()
+
+
 def _check_image(image: Any) -> np.ndarray:
     img = _to_numpy(image)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
     if img.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {img.dtype}")
-    # pydensecrf reads the buffer directly and rejects strided views (e.g. flipped images).
-    return np.ascontiguousarray(img)
+    return _buffer(img)
 
 
 def _check_pair(image: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +125,7 @@ def _infer(
     dcrf = _densecrf()
     h, w = image.shape[:2]
     model = dcrf.DenseCRF2D(w, h, num_labels)
-    model.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    model.setUnaryEnergy(_buffer(unary, np.float32))
     model.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
     model.addPairwiseBilateral(
         sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=image, compat=bilateral_compat
