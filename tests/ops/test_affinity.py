@@ -90,3 +90,21 @@ def test_downsample_labels_matches_pil_nearest() -> None:
     ours = downsample_labels(torch.from_numpy(labels), (10, 13)).numpy()
     pil = np.asarray(Image.fromarray(labels).resize((13, 10), Image.Resampling.NEAREST))
     np.testing.assert_array_equal(ours, pil)
+
+
+def test_downsample_labels_matches_pil_nearest_over_many_sizes() -> None:
+    # Pillow accumulates the sample positions in double precision; at exact-integer positions
+    # (e.g. 75 -> 50: 1.5 + 49 * 1.5 lands on either side of an integer) a closed form
+    # floor((i + 0.5) * H / h) picks the neighbour. Every pair up to 90 x 90 must match Pillow.
+    src = np.arange(90, dtype=np.int32)
+    mismatched_closed_form = 0
+    for big in range(1, 91):
+        row = Image.fromarray(np.ascontiguousarray(src[None, :big]))  # int32 -> mode "I"
+        labels = torch.from_numpy(src[None, :big].copy())
+        for small in range(1, 91):
+            pil = np.asarray(row.resize((small, 1), Image.Resampling.NEAREST))[0]
+            ours = downsample_labels(labels, (1, small))[0].numpy()
+            np.testing.assert_array_equal(ours, pil, err_msg=f"{big} -> {small}")
+            closed = np.minimum(np.floor((np.arange(small) + 0.5) * big / small), big - 1)
+            mismatched_closed_form += int((closed != pil).any())
+    assert mismatched_closed_form > 0  # the case the accumulation exists for is covered

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import torch
@@ -183,11 +184,25 @@ def affinity_labels(seeds: Tensor, index: PathIndex) -> tuple[Tensor, Tensor, Te
     return bg_pos, fg_pos, neg
 
 
-def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of label maps with PIL's sampling (pixel centres).
+def _pil_nearest_index(big: int, small: int) -> list[int]:
+    """Source index of each of `small` outputs in Pillow's NEAREST resize from `big` samples.
 
-    Output pixel i reads input pixel floor((i + 0.5) · H / h), as `PIL.Image.resize(NEAREST)`
-    does (IRN/AMN resize their seeds with PIL; `F.interpolate(mode="nearest")` reads floor(i·H/h)).
+    Pillow (`libImaging/Geometry.c`, `ImagingScaleAffine`) starts at 0.5·big/small and adds
+    big/small once per output pixel in double precision, then truncates; the accumulated sum
+    differs from (i + 0.5)·big/small in the last bit, which moves the truncation wherever the
+    exact value is an integer (e.g. 292 of the size pairs up to 3,692). Python floats are C
+    doubles and `accumulate` adds in the same order, so this reproduces it bit for bit.
+    """
+    step = big / small
+    return [min(int(v), big - 1) for v in accumulate([0.5 * step] + [step] * (small - 1))]
+
+
+def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of label maps exactly as `PIL.Image.resize(NEAREST)`.
+
+    Output pixel i reads input pixel ≈ floor((i + 0.5) · H / h) (pixel centres), with Pillow's
+    accumulated double-precision positions (`_pil_nearest_index`); IRN/AMN/PSA resize their
+    labels with PIL, and `F.interpolate(mode="nearest")` reads floor(i·H/h) instead.
 
     Args:
         labels: (..., H, W) integer tensor.
@@ -198,9 +213,9 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """
     big_h, big_w = labels.shape[-2:]
     h, w = int(size[0]), int(size[1])
-    rows = ((torch.arange(h, device=labels.device) + 0.5) * big_h / h).floor().long()
-    cols = ((torch.arange(w, device=labels.device) + 0.5) * big_w / w).floor().long()
-    return labels[..., rows.clamp_max(big_h - 1), :][..., cols.clamp_max(big_w - 1)]
+    rows = torch.tensor(_pil_nearest_index(big_h, h), dtype=torch.long, device=labels.device)
+    cols = torch.tensor(_pil_nearest_index(big_w, w), dtype=torch.long, device=labels.device)
+    return labels[..., rows, :][..., cols]
 
 
 # PSA / AffinityNet (arXiv:1803.10464): feature affinities and affinity labels from CAMs ---------
