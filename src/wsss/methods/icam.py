@@ -73,7 +73,7 @@ class IcamConfig:
     fsl_mu: float = 2.5  # μ, the code's fixed value (initial value when learned)
     fsl_sigma: float = 5.0  # σ in pixels of the stride-8 map (initial value when learned)
     fsl_learned: bool = False  # paper: μ and σ learned with the network; code: fixed
-    fsl_radius: int | None = None  # neighbourhood half-width; None = ⌈3σ⌉
+    fsl_radius: int | None = None  # None = all pixel pairs (code); n = pairs within n rows/cols
     fsl_half_gate: bool = False  # paper g = ½‖a_i − a_j‖²; code without ½
     fsl_normalization: str = "code"  # code 1/(B·h·w); paper 1/(h·w)² per image
     freeze_pretrained: bool = True  # ResNet-38 with weights: conv1a, b2, b2_1, b2_2 frozen
