@@ -15,6 +15,7 @@ from itertools import accumulate
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from wsss.data.labels import BACKGROUND, IGNORE_INDEX
@@ -29,6 +30,7 @@ __all__ = [
     "feature_affinity",
     "feature_pair_affinity",
     "neighbour_pairs",
+    "pooled_affinity_labels",
     "pair_displacement",
     "search_directions",
 ]
@@ -359,3 +361,32 @@ def affinity_seed_labels(low: Tensor, high: Tensor, keys: Tensor) -> Tensor:
     labels = keys.to(la.device)[la]
     labels = torch.where(la == 0, torch.full_like(labels, IGNORE_INDEX), labels)
     return torch.where(ha == 0, torch.full_like(labels, BACKGROUND), labels)
+
+
+def pooled_affinity_labels(low: Tensor, high: Tensor, keys: Tensor, cell: int) -> Tensor:
+    """AffinityNet training labels of a crop at the feature resolution, PSA's way.
+
+    `jiwoon-ahn/psa: train_aff.py` (`AvgPool2d(8)` on the cropped score maps) and
+    `voc12/data.py AffDataset.__getitem__`: both score stacks are zero-padded to a multiple of
+    `cell` and averaged over each cell × cell block (`skimage.measure.block_reduce`), then
+    `affinity_seed_labels` runs on the pooled scores, and a cell whose pooled scores are all
+    below 1e-5 (crop padding, which carries no score) becomes 255.
+
+    Args:
+        low, high: (K + 1, H, W) score stacks at α_low / α_high (zeros where the crop padded).
+        keys: int64 (K + 1,) class index of each channel, keys[0] = 0.
+        cell: block side (the feature stride, PSA 8).
+
+    Returns:
+        int64 (⌈H / cell⌉, ⌈W / cell⌉) in {0} ∪ keys ∪ {255}.
+    """
+    if low.shape != high.shape or low.ndim != 3:
+        raise ValueError(f"low {tuple(low.shape)} and high {tuple(high.shape)} must be "
+                         "(K + 1, H, W)")
+    k = low.shape[0]
+    height, width = low.shape[-2:]
+    stack = F.pad(torch.cat([low, high]), (0, (-width) % cell, 0, (-height) % cell))
+    pooled = F.avg_pool2d(stack[None], cell)[0]
+    no_score = pooled.amax(dim=0) < 1e-5
+    labels = affinity_seed_labels(pooled[:k], pooled[k:], keys)
+    return labels.masked_fill(no_score, IGNORE_INDEX)
