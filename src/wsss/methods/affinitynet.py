@@ -505,6 +505,11 @@ class AffinityNetMethodConfig(CamBaselineConfig):
     """CAM baseline (IRN's CAM recipe) + AffinityNet refinement (PSA)."""
 
     name: str = "affinitynet"
+    # PSA's classifier (`network/resnet38_cls.py`, `infer_cls.py`): Dropout2d(0.5) on the
+    # features before GAP; each view's CAM upsampled straight to the image size and summed.
+    # 0 / "strided" give IRN's CAM recipe (the CAM baseline's).
+    dropout: float = 0.5
+    cam_merge: str = "image"
     affinitynet: AffinityNetConfig = field(default_factory=AffinityNetConfig)
 
 
@@ -516,13 +521,24 @@ class AffinityNetMethod(CamBaseline):
     name = "affinitynet"
     config_cls = AffinityNetMethodConfig
     pseudo_mask_stage = "make_aff_masks"
+    train_keys = CamBaseline.train_keys + ("method.dropout",)
+    cam_keys = CamBaseline.cam_keys + ("method.cam_merge",)
+
+    def cam_merge(self) -> str:
+        return self.mcfg.cam_merge
 
     def build_model(self, num_classes: int) -> nn.Module:
-        """The CAM baseline's classifier; on ResNet-38 with `model.frozen_bn`, PSA's
-        `not_training` layers (conv1a, b2, b2_1, b2_2) are frozen instead of a ResNet stem."""
+        """The CAM baseline's classifier with PSA's dropout before GAP; on ResNet-38 with
+        `model.frozen_bn`, PSA's `not_training` layers (conv1a, b2, b2_1, b2_2) are frozen
+        instead of a ResNet stem."""
         m = self.cfg.model
+        if self.mcfg.cam_merge not in ("strided", "image"):
+            raise ValueError(f"method.cam_merge must be 'strided' or 'image', got "
+                             f"{self.mcfg.cam_merge!r}")
         if m.backbone != "resnet38":
-            return super().build_model(num_classes)
+            model = super().build_model(num_classes)
+            model.dropout = float(self.mcfg.dropout)
+            return model
         backbone = build_backbone(m.backbone, output_stride=m.output_stride,
                                   pretrained=m.pretrained, frozen_bn=m.frozen_bn)
         if m.frozen_bn:
@@ -530,7 +546,7 @@ class AffinityNetMethod(CamBaseline):
                 if name.startswith(_FROZEN_PREFIXES["resnet38"]):
                     p.requires_grad_(False)
         return CamClassifier(backbone=backbone, num_classes=num_classes,
-                             detach_stages=self.mcfg.detach_stages)
+                             detach_stages=self.mcfg.detach_stages, dropout=self.mcfg.dropout)
 
     def stages(self) -> list[Stage]:
         cam = [s for s in self.cam_stages() if s.name not in ("make_seeds", "eval_seeds")]

@@ -45,6 +45,7 @@ class CamBaselineConfig:
 def multiscale_cams(
     cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
     device: torch.device, channels_last: bool = False, view_streams: bool = False,
+    merge: str = "strided",
 ) -> torch.Tensor:
     """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
     resized to the stride-rounded full size and the scales are summed.
@@ -56,12 +57,18 @@ def multiscale_cams(
         view_streams: on the CPU with `flip`, more than one intra-op thread and no autocast,
             run the image and its mirror as two concurrent streams (`per_view_streams`) instead
             of one batch of two, for the scales whose views have >= `STREAM_MIN_PIXELS`.
+        merge: "strided" resizes each scale to the stride multiple above (H, W) and crops (IRN);
+            "image" resizes it straight to (H, W) (PSA `infer_cls.py`, each view upsampled to
+            the image and the views summed: resizing is linear and commutes with the flip, so
+            summing the flip pair first is the same map).
 
     Returns:
         float32 (C, H, W), not normalised.
     """
     height, width = image.shape[:2]
-    up = strided_up_size((height, width), stride)
+    if merge not in ("strided", "image"):
+        raise ValueError(f"merge must be 'strided' or 'image', got {merge!r}")
+    up = strided_up_size((height, width), stride) if merge == "strided" else (height, width)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     batches = [scaled_views(image, scale, flip=flip).to(device).contiguous(memory_format=layout)
                for scale in scales]
@@ -255,10 +262,15 @@ class CamBaseline(Method):
                                flip=self.mcfg.cam_flip, stride=model.backbone.output_stride,
                                device=device, channels_last=channels_last,
                                view_streams=(channels_last and self.cfg.pipeline.view_streams
-                                             and not self.cfg.pipeline.compile))
+                                             and not self.cfg.pipeline.compile),
+                               merge=self.cam_merge())
         present = np.flatnonzero(labels > 0)
         cams = normalize_cams(cams[torch.as_tensor(present, device=cams.device)], mode="max")
         return cams.detach().cpu().numpy().astype(np.float32), present.astype(np.int64) + 1
+
+    def cam_merge(self) -> str:
+        """How `multiscale_cams` brings the scales to the image size (IRN: "strided")."""
+        return "strided"
 
     def stages(self) -> list[Stage]:
         return self.cam_stages()
