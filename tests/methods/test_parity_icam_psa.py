@@ -1,0 +1,103 @@
+"""Parity with the official ICAM (arvijj/icam @5f04fdc) and HFPL (arvijj/hfpl @1038a68) code,
+whose AffinityNet parts are PSA's (jiwoon-ahn/psa @9493e59).
+
+Each test loads `tests/fixtures/parity/icam_psa/<name>.npz` (inputs and official outputs, made by
+`tests/fixtures/parity/make_icam_psa.py`, whose docstring says how) and compares wsss's output
+on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.methods.affinitynet import _window_radius
+from wsss.ops.affinity import (
+    PathIndex,
+    affinity_labels,
+    feature_pair_affinity,
+    neighbour_pairs,
+    pooled_affinity_labels,
+)
+from wsss.ops.importance_sampling import feature_similarity_loss
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "icam_psa"
+
+
+def _load(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["repo"] == "arvijj/icam" and meta["commit"].startswith("5f04fdc")
+    return arrays
+
+
+def _fsl(x: np.ndarray, logits: np.ndarray, **kwargs) -> tuple[float, np.ndarray]:  # noqa: ANN003
+    z = torch.tensor(logits, requires_grad=True)
+    loss = feature_similarity_loss(torch.tensor(x), torch.softmax(z, 1), mu=2.5, sigma=5.0,
+                                   **kwargs)
+    loss.backward()
+    return loss.item(), z.grad.numpy()
+
+
+def test_fsl_value_and_gradient_match_the_official_all_pairs_sum() -> None:
+    d = _load("fsl")
+    loss, grad = _fsl(d["x"], d["logits"])
+    assert loss == pytest.approx(float(d["loss"]), rel=1e-6)
+    np.testing.assert_allclose(grad, d["grad_logits"], rtol=1e-5, atol=1e-9)
+    # the local window (the former default, ⌈3σ⌉ = 15) is measurably off the official value
+    windowed, _ = _fsl(d["x"], d["logits"], radius=15)
+    assert abs(windowed / float(d["loss"]) - 1) > 1e-4
+
+
+def test_fsl_half_gate_matches_hfpl() -> None:
+    d = _load("fsl")
+    loss, grad = _fsl(d["x"], d["logits"], half_gate=True)
+    assert loss == pytest.approx(float(d["hfpl_loss"]), rel=1e-6)
+    np.testing.assert_allclose(grad, d["hfpl_grad_logits"], rtol=1e-5, atol=1e-9)
+
+
+def _official_directions(radius: int) -> list[tuple[int, int]]:
+    """PSA's `search_dist` order (the rows of the official label and affinity arrays)."""
+    dirs = [(0, x) for x in range(1, radius)]
+    return dirs + [(y, x) for y in range(1, radius) for x in range(-radius + 1, radius)
+                   if x * x + y * y < radius * radius]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_affinity_training_labels_match_psa_pooled_cells(seed: int) -> None:
+    d = _load("aff_labels")
+    crop = torch.from_numpy(d["crop_" + str(seed)].astype(np.int64))  # source row/col + 1
+    inside = crop[..., 0] > 0
+    scores = torch.from_numpy(np.concatenate([d["low"], d["high"]]))
+    cropped = torch.zeros((scores.shape[0], *crop.shape[:2]))
+    cropped[:, inside] = scores[:, crop[..., 0][inside] - 1, crop[..., 1][inside] - 1]
+    k = d["low"].shape[0]
+    labels = pooled_affinity_labels(cropped[:k], cropped[k:], torch.from_numpy(d["keys"]), 8)
+    assert labels.shape == (16, 16)
+    assert {0, 255} < set(labels.unique().tolist())  # background, unsure and classes occur
+    index = PathIndex.build(5, (16, 16))
+    ours = affinity_labels(labels, index)
+    rows = [index.directions.tolist().index(list(dir_)) for dir_ in _official_directions(5)]
+    for name, value in zip(("bg", "fg", "neg"), ours):
+        np.testing.assert_array_equal(value[rows].numpy(), d[f"{name}_{seed}"], err_msg=name)
+
+
+def test_affinity_radius_and_dense_matrix_match_icam_on_small_maps() -> None:
+    d = _load("affinity")
+    for h, w in d["sizes"].tolist():
+        features = torch.from_numpy(d[f"x_{h}x{w}"])[0]
+        radius = _window_radius(5, (h, w))
+        assert len(_official_directions(radius)) == int(d[f"directions_{h}x{w}"])
+        src, dst = neighbour_pairs((h, w), radius, window=True)
+        affinity = feature_pair_affinity(features, src, dst)
+        dense = torch.zeros(h * w, h * w)
+        dense[src, dst] = affinity
+        dense[dst, src] = affinity
+        dense += torch.eye(h * w)
+        np.testing.assert_allclose(dense.numpy(), d[f"dense_{h}x{w}"], rtol=1e-6, atol=1e-7,
+                                   err_msg=f"{h}x{w}")
