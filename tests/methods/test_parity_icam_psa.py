@@ -1,5 +1,5 @@
-"""Parity with the official ICAM (arvijj/icam @5f04fdc) and HFPL (arvijj/hfpl @1038a68) code,
-whose AffinityNet parts are PSA's (jiwoon-ahn/psa @9493e59).
+"""Parity with the official ICAM (arvijj/icam @5f04fdc), HFPL (arvijj/hfpl @1038a68) and PSA
+(jiwoon-ahn/psa @9493e59) code.
 
 Each test loads `tests/fixtures/parity/icam_psa/<name>.npz` (inputs and official outputs, made by
 `tests/fixtures/parity/make_icam_psa.py`, whose docstring says how) and compares wsss's output
@@ -15,15 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.methods.affinitynet import _window_radius
+from wsss.methods.affinitynet import _window_radius, affinitynet_scores
+from wsss.models.seam import pixel_correlation
 from wsss.ops.affinity import (
     PathIndex,
     affinity_labels,
+    background_stack,
     feature_pair_affinity,
     neighbour_pairs,
     pooled_affinity_labels,
 )
-from wsss.ops.importance_sampling import feature_similarity_loss
+from wsss.ops.crf import dense_crf
+from wsss.ops.importance_sampling import feature_similarity_loss, max_norm, probs_to_logits
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "parity" / "icam_psa"
 
@@ -101,3 +104,40 @@ def test_affinity_radius_and_dense_matrix_match_icam_on_small_maps() -> None:
         dense += torch.eye(h * w)
         np.testing.assert_allclose(dense.numpy(), d[f"dense_{h}x{w}"], rtol=1e-6, atol=1e-7,
                                    err_msg=f"{h}x{w}")
+
+
+def test_probutils_and_max_norm_match_icam() -> None:
+    d = _load("probutils")
+    torch.testing.assert_close(probs_to_logits(torch.tensor(d["p"])),
+                               torch.tensor(d["logits"]), rtol=1e-12, atol=1e-12)
+    probs = torch.softmax(torch.tensor(d["z"]), 1)
+    torch.testing.assert_close(probs, torch.tensor(d["sm_probs"]))
+    # ICAM's GMP prediction (`pooling: max`) is `softmax_maxpool`'s logits
+    torch.testing.assert_close(probs_to_logits(probs.amax((2, 3), keepdim=True)),
+                               torch.tensor(d["sm_logits"]))
+    torch.testing.assert_close(max_norm(torch.tensor(d["z"])), torch.tensor(d["max_norm"]))
+
+
+def test_pcm_matches_icam() -> None:
+    d = _load("pcm")
+    cam = torch.nn.functional.interpolate(torch.from_numpy(d["cam"]), size=(5, 6),
+                                          mode="bilinear", align_corners=True)
+    ours = pixel_correlation(cam, torch.from_numpy(d["f_proj"]))
+    torch.testing.assert_close(ours, torch.from_numpy(d["cam_rv"]), rtol=1e-5, atol=1e-6)
+
+
+def test_affinity_label_scores_match_psa_crf_with_alpha() -> None:
+    with np.load(FIXTURES / "crf.npz") as data:
+        d = {k: data[k] for k in data.files}
+    assert json.loads(str(d["meta"]))["repo"] == "jiwoon-ahn/psa"
+    cams = torch.from_numpy(d["cams"])
+    for alpha in (4, 32):
+        torch.testing.assert_close(background_stack(cams, alpha),
+                                   torch.from_numpy(d[f"probs_{alpha}"]))
+        np.testing.assert_allclose(dense_crf(d["image"], d[f"probs_{alpha}"]), d[f"crf_{alpha}"],
+                                   rtol=1e-5, atol=1e-6)
+    low, high, keys = affinitynet_scores(d["image"], d["cams"], np.array([3, 8]), low_alpha=4,
+                                         high_alpha=32, crf=True)
+    assert keys.tolist() == [0, 3, 8]
+    np.testing.assert_allclose(low, d["crf_4"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(high, d["crf_32"], rtol=1e-5, atol=1e-6)
