@@ -8,6 +8,7 @@ on the same inputs.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.config import load_config
+from wsss.methods import build_method
 from wsss.methods.affinitynet import _window_radius, affinitynet_scores
 from wsss.models.seam import pixel_correlation
 from wsss.ops.affinity import (
@@ -141,3 +144,33 @@ def test_affinity_label_scores_match_psa_crf_with_alpha() -> None:
     assert keys.tolist() == [0, 3, 8]
     np.testing.assert_allclose(low, d["crf_4"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(high, d["crf_32"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", ["image", "strided"])
+def test_psa_classifier_cams_match_infer_cls(merge: str) -> None:
+    """`cam_affinitynet`'s CAMs on ResNet-38 with the fixture's deterministic weights equal
+    PSA's `infer_cls.py` (views upsampled to the image and summed); IRN's merge does not."""
+    spec = importlib.util.spec_from_file_location("make_icam_psa",
+                                                  FIXTURES.parent / "make_icam_psa.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    with np.load(FIXTURES / "psa_cam.npz") as data:
+        d = {k: data[k] for k in data.files}
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/voc/cam_affinitynet.yaml",
+                      ["model.pretrained=none", "pipeline.device=cpu", "pipeline.winograd=false",
+                       f"method.cam_merge={merge}"])
+    method = build_method(cfg)
+    model = method.build_model(num_classes=20)
+    state = {name: torch.from_numpy(maker.synthetic_weight(name, tuple(t.shape)))
+             for name, t in model.state_dict().items() if not name.endswith("num_batches_tracked")}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        cams, keys = method.infer_cams(model.eval(), d["image"], d["label"])
+    present = np.flatnonzero(d["label"])
+    assert keys.tolist() == (present + 1).tolist()
+    expected = d["norm_cam"][present]
+    if merge == "image":
+        np.testing.assert_allclose(cams, expected, rtol=1e-4, atol=2e-5)
+    else:
+        assert np.abs(cams - expected).max() > 1e-3
