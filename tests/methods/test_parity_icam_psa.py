@@ -18,7 +18,12 @@ import torch
 
 from wsss.config import load_config
 from wsss.methods import build_method
-from wsss.methods.affinitynet import _window_radius, affinitynet_scores
+from wsss.methods.affinitynet import (
+    AffinityNetConfig,
+    _window_radius,
+    affinity_walk,
+    affinitynet_scores,
+)
 from wsss.models.seam import pixel_correlation
 from wsss.ops.affinity import (
     PathIndex,
@@ -174,3 +179,32 @@ def test_psa_classifier_cams_match_infer_cls(merge: str) -> None:
         np.testing.assert_allclose(cams, expected, rtol=1e-4, atol=2e-5)
     else:
         assert np.abs(cams - expected).max() > 1e-3
+
+
+class _StoredFeatures(torch.nn.Module):
+    """AffinityNet stand-in returning the fixture's features (the official network's output)."""
+
+    output_stride = 8
+
+    def __init__(self, features: np.ndarray) -> None:
+        super().__init__()
+        self.features = torch.from_numpy(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[-2:] == (8 * self.features.shape[-2], 8 * self.features.shape[-1])
+        return self.features[None]
+
+
+@pytest.mark.parametrize("walk_tol", [0.0, 1e-6])
+def test_random_walk_matches_psa_infer_aff(walk_tol: float) -> None:
+    with np.load(FIXTURES / "walk.npz") as data:
+        d = {k: data[k] for k in data.files}
+    assert json.loads(str(d["meta"]))["repo"] == "jiwoon-ahn/psa"
+    cfg = AffinityNetConfig(walk_alpha=16.0, beta=8.0, num_steps=8, walk_tol=walk_tol,
+                            walk_pairs="window")
+    image = np.zeros((*d["cams"].shape[-2:], 3), dtype=np.uint8)
+    with torch.no_grad():
+        mask, _, _ = affinity_walk(_StoredFeatures(d["features"]), image, d["cams"],
+                                   d["classes"] + 1, cfg=cfg, device=torch.device("cpu"))
+    assert len(np.unique(d["res"])) == 3
+    np.testing.assert_array_equal(mask, d["res"])
