@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wsss.config import load_config
 from wsss.io import load_cams, load_mask
+from wsss.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, ToTensor
+from wsss.io import npz_bytes, write_bytes
 from wsss.methods.affinitynet import (
     AffinityNetConfig,
+    AffinityScoreDataset,
+    _window_radius,
     affinity_walk,
     affinitynet_loss,
     affinitynet_loss_terms,
@@ -30,6 +36,7 @@ from wsss.ops.affinity import (
     feature_affinity,
     feature_pair_affinity,
     neighbour_pairs,
+    pooled_affinity_labels,
 )
 from wsss.pipeline.artifacts import read_manifest
 from wsss.pipeline.runner import run_pipeline
@@ -339,3 +346,116 @@ def test_resnet38_affinitynet_and_classifier_freeze_psa_layers() -> None:
     frozen_cls = {n for n, p in classifier.named_parameters() if not p.requires_grad}
     assert "backbone.conv1a.weight" in frozen_cls
     assert "backbone.b3.conv_branch2a.weight" not in frozen_cls
+
+
+# PSA's pooled training labels, small-map radius, PSA's classifier ----------------------------------
+
+class _OneImage:
+    """A dataset of one image whose pixels encode their own position (R = row, G = column,
+    B = 1), so a transformed crop tells where each of its pixels came from."""
+
+    names = ["a"]
+    class_names = ["c"] * 8
+    num_classes = 8
+
+    def __init__(self, height: int, width: int) -> None:
+        ys, xs = np.mgrid[:height, :width]
+        self.image = np.stack([ys, xs, np.ones_like(ys)], -1).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return 1
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.image.copy()
+
+    def label_vector(self, index: int) -> np.ndarray:
+        return np.zeros(8, dtype=np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_score_dataset_pools_the_scores_cropped_with_the_image(tmp_path: Path, seed: int) -> None:
+    height, width = 30, 50  # crop 40: rows padded, columns cut
+    base = _OneImage(height, width)
+    rng = np.random.default_rng(seed)
+    low = rng.random((3, height, width)).astype(np.float32)
+    high = rng.random((3, height, width)).astype(np.float32)
+    keys = np.array([0, 2, 5])
+    write_bytes(tmp_path / "a.npz", npz_bytes({"low": low, "high": high, "keys": keys}))
+    gen = random.Random(seed)
+    transform = Compose([RandomHorizontalFlip(rng=gen), RandomCrop(40, rng=gen), ToTensor()])
+    sample = AffinityScoreDataset(base, tmp_path, transform, 8)[0]
+    image = sample["image"].long()  # (3, 40, 40): source row, column, inside flag
+    inside = image[2] == 1
+    assert 0 < inside.sum() < 40 * 40  # the crop pads and cuts
+    crop = torch.zeros(6, 40, 40)
+    both = torch.from_numpy(np.concatenate([low, high]))
+    crop[:, inside] = both[:, image[0][inside], image[1][inside]]
+    expected = pooled_affinity_labels(crop[:3], crop[3:], torch.from_numpy(keys), 8)
+    assert sample["mask"].shape == (5, 5)
+    assert torch.equal(sample["mask"], expected)
+    assert (sample["mask"][~inside.reshape(5, 8, 5, 8).any(3).any(1)] == 255).all()
+
+
+def test_window_radius_follows_icam_on_small_maps() -> None:
+    # arvijj/icam resnet38_aff: (min_edge - 1) // 2 below 2 * 5 + 1 = 11 cells, else 5
+    expected = {3: 1, 4: 1, 5: 2, 6: 2, 7: 3, 8: 3, 9: 4, 10: 4, 11: 5, 12: 5, 56: 5}
+    for edge, radius in expected.items():
+        assert _window_radius(5, (edge, 60)) == radius
+        assert _window_radius(5, (60, edge)) == radius
+    with pytest.raises(ValueError, match="too small"):
+        affinitynet_loss_terms(_net(), {"image": torch.zeros(1, 3, 32, 64),
+                                        "mask": torch.zeros(1, 32, 64, dtype=torch.long)},
+                               radius=5)
+
+
+def test_psa_classifier_dropout_before_gap_only_in_training() -> None:
+    from wsss.models.cam_classifier import CamClassifier
+
+    torch.manual_seed(0)
+    plain = CamClassifier(backbone=build_backbone("resnet18", output_stride=8, pretrained="none",
+                                                     frozen_bn=False), num_classes=3)
+    psa = CamClassifier(backbone=plain.backbone, num_classes=3, dropout=0.5)
+    psa.classifier.load_state_dict(plain.classifier.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    plain.eval(), psa.eval()
+    torch.testing.assert_close(psa(x), plain(x))
+    torch.testing.assert_close(psa.cams(x), plain.cams(x))
+    psa.train()
+    plain.train()
+    torch.manual_seed(1)
+    feats = psa.features(x)
+    torch.manual_seed(2)
+    dropped = psa(x)
+    torch.manual_seed(2)  # the same channel mask, applied by hand: zeroed channels, × 2 the rest
+    keep = torch.nn.functional.dropout2d(torch.ones(2, feats.shape[1], 1, 1), 0.5, training=True)
+    manual = psa.classifier((feats * keep).mean(dim=(2, 3), keepdim=True)).flatten(1)
+    torch.testing.assert_close(dropped, manual)
+    assert not torch.allclose(dropped, plain(x))
+
+
+def test_psa_merge_sums_views_upsampled_to_the_image() -> None:
+    from wsss.data.transforms import scaled_views
+    from wsss.methods.cam_baseline import multiscale_cams
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+
+    def cam_fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(conv(F.avg_pool2d(x, 8, ceil_mode=True)))
+
+    image = np.random.default_rng(0).integers(0, 255, (37, 45, 3)).astype(np.uint8)
+    scales = [1.0, 0.5, 1.5]
+    with torch.no_grad():
+        ours = multiscale_cams(cam_fn, image, scales=scales, flip=True, stride=8,
+                               device=torch.device("cpu"), merge="image")
+        strided = multiscale_cams(cam_fn, image, scales=scales, flip=True, stride=8,
+                                  device=torch.device("cpu"))
+        total = torch.zeros(2, 37, 45)
+        for scale in scales:  # PSA infer_cls.py: every view upsampled to the image, unflipped
+            views = scaled_views(image, scale, flip=True)
+            for i in range(2):
+                cam = F.interpolate(cam_fn(views[i:i + 1]), (37, 45), mode="bilinear",
+                                    align_corners=False)[0]
+                total += cam.flip(-1) if i == 1 else cam
+    torch.testing.assert_close(ours, total, rtol=1e-5, atol=1e-5)
+    assert (ours - strided).abs().max() > 1e-3

@@ -199,3 +199,59 @@ def test_synthetic_pipeline_reports_contour_f(tmp_path) -> None:
     masks = result.summary("eval_cam_masks")
     assert 0 <= masks["miou"] <= 1 and 0 <= masks["contour_f"] <= 1
     assert 0 <= result.summary("eval_cam")["miou"] <= 1
+
+
+class _FixedLogits(torch.nn.Module):
+    """SEAM-base stand-in: fixed stride-level logits per view (picked by the input width)."""
+
+    def __init__(self, view1: torch.Tensor, view2: torch.Tensor) -> None:
+        super().__init__()
+        self.view1, self.view2 = view1, view2
+        self.fc8 = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.view1 if x.shape[-1] == 32 else self.view2
+        return {"logits": logits, "logits_rv": logits}
+
+
+@pytest.mark.parametrize("mode", ["relu", "hfpl"])
+def test_seam_sampling_variants(mode: str) -> None:
+    # class 1: all logits -10 but one pixel at -1 per view; hfpl draws ∝ sigmoid + 1e-5 (the -1
+    # pixel ~ 6000x likelier than each other pixel), relu ∝ ReLU + 1e-5 (uniform here)
+    view1 = torch.full((1, 2, 4, 4), -10.0)
+    view1[0, 1, 2, 3] = -1.0
+    view1[0, 0] = 0.0
+    view2 = view1[..., :2, :2].clone() - 3.0  # view 2 (x 0.3 size) differs
+    model = _FixedLogits(view1, view2)
+    labels = torch.tensor([[1.0]])
+    lam, samples = 0.2, 2000
+    cfg = IcamConfig(base="seam", seam_sampling=mode, sampling_weight=lam, num_samples=samples,
+                     fsl_weight=0.0)
+    torch.manual_seed(0)
+    terms = seam_losses(model, torch.randn(1, 3, 32, 32), labels, cfg)
+
+    def bce(values: torch.Tensor) -> float:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            values, torch.ones_like(values)).item()
+
+    def pooled(logits: torch.Tensor, size: int) -> float:  # GAP of the upsampled logits
+        up = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear",
+                                             align_corners=True)
+        return bce(up[:, 1:].mean((2, 3)))
+
+    pool1, pool2 = pooled(view1, 32), pooled(view2, 9)
+    flat1, flat2 = view1[0, 1].flatten(), view2[0, 1].flatten()
+    def drawn(flat: torch.Tensor, weights: torch.Tensor) -> float:  # E[MLSM of the draws]
+        per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(
+            flat, torch.ones_like(flat), reduction="none")
+        return (weights / weights.sum() * per_pixel).sum().item()
+
+    if mode == "hfpl":  # view 1 only; view 2's pooled term keeps its full weight
+        expected_sample = lam * 0.5 * drawn(flat1, torch.sigmoid(flat1) + 1e-5)
+        expected_pool = 0.5 * ((1 - lam) * pool1 + pool2)
+    else:  # both views, uniform draws here
+        expected_sample = lam * 0.5 * (drawn(flat1, torch.ones(16)) + drawn(flat2, torch.ones(4)))
+        expected_pool = 0.5 * (1 - lam) * (pool1 + pool2)
+    assert terms["cls_pool"].item() == pytest.approx(expected_pool, rel=1e-5)
+    # 2000 draws against the expectation: within 5 %
+    assert terms["cls_sample"].item() == pytest.approx(expected_sample, rel=0.05)

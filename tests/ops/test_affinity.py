@@ -10,8 +10,10 @@ from wsss.ops.affinity import (
     PathIndex,
     affinity_from_boundary,
     affinity_labels,
+    affinity_seed_labels,
     downsample_labels,
     pair_displacement,
+    pooled_affinity_labels,
     search_directions,
 )
 
@@ -90,3 +92,44 @@ def test_downsample_labels_matches_pil_nearest() -> None:
     ours = downsample_labels(torch.from_numpy(labels), (10, 13)).numpy()
     pil = np.asarray(Image.fromarray(labels).resize((13, 10), Image.Resampling.NEAREST))
     np.testing.assert_array_equal(ours, pil)
+
+
+def test_downsample_labels_matches_pil_nearest_over_many_sizes() -> None:
+    # Pillow accumulates the sample positions in double precision; at exact-integer positions
+    # (e.g. 75 -> 50: 1.5 + 49 * 1.5 lands on either side of an integer) a closed form
+    # floor((i + 0.5) * H / h) picks the neighbour. Every pair up to 90 x 90 must match Pillow.
+    src = np.arange(90, dtype=np.int32)
+    mismatched_closed_form = 0
+    for big in range(1, 91):
+        row = Image.fromarray(np.ascontiguousarray(src[None, :big]))  # int32 -> mode "I"
+        labels = torch.from_numpy(src[None, :big].copy())
+        for small in range(1, 91):
+            pil = np.asarray(row.resize((small, 1), Image.Resampling.NEAREST))[0]
+            ours = downsample_labels(labels, (1, small))[0].numpy()
+            np.testing.assert_array_equal(ours, pil, err_msg=f"{big} -> {small}")
+            closed = np.minimum(np.floor((np.arange(small) + 0.5) * big / small), big - 1)
+            mismatched_closed_form += int((closed != pil).any())
+    assert mismatched_closed_form > 0  # the case the accumulation exists for is covered
+
+
+def test_pooled_affinity_labels_average_the_scores_per_cell() -> None:
+    keys = torch.tensor([0, 7])
+    low = torch.zeros(2, 16, 16)
+    high = torch.zeros(2, 16, 16)
+    # cell (0, 0): the class wins on average though its centre pixel (4, 4) says background
+    low[1, :8, :8], high[1, :8, :8] = 0.6, 0.6
+    low[0, 4, 4], low[1, 4, 4] = 1.0, 0.0
+    # cell (0, 1): α_low says background -> unsure
+    low[0, :8, 8:], high[1, :8, 8:] = 0.9, 0.9
+    # cell (1, 0): α_high says background -> background
+    low[1, 8:, :8], high[0, 8:, :8] = 0.9, 0.9
+    # cell (1, 1): crop padding, no score at all -> unsure (argmax alone would say background)
+    labels = pooled_affinity_labels(low, high, keys, 8)
+    assert labels.tolist() == [[7, 255], [0, 255]]
+    assert affinity_seed_labels(low, high, keys)[4, 4] == 255  # the centre-pixel reading
+    # a 12 x 8 crop is zero-padded to 16 x 8 and the padding counts in the mean (block_reduce's
+    # cval = 0): 1.5e-5 on the 4 real rows of cell (1, 0) pools to 0.75e-5, below the 1e-5 cut
+    low, high = torch.zeros(2, 12, 8), torch.zeros(2, 12, 8)
+    low[1, :8], high[1, :8] = 0.9, 0.9
+    low[1, 8:], high[1, 8:] = 1.5e-5, 1.5e-5
+    assert pooled_affinity_labels(low, high, keys, 8).tolist() == [[7], [255]]

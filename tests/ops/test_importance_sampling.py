@@ -122,6 +122,26 @@ def test_fsl_matches_the_all_pairs_definition(half_gate: bool, normalization: st
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("chunk_elements", [7, 1 << 24])  # 7: one row block per 7 entries
+def test_fsl_default_is_all_pairs_in_value_and_gradient(chunk_elements: int) -> None:
+    gen = torch.Generator().manual_seed(8)
+    images = torch.rand(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    logits = torch.randn(2, 4, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    ours = feature_similarity_loss(images, torch.softmax(logits, 1), mu=mu, sigma=2.0,
+                                   chunk_elements=chunk_elements)
+    grads = torch.autograd.grad(ours, (logits, mu))
+    ref = _fsl_reference(images, torch.softmax(logits, 1), mu, 2.0)
+    ref_grads = torch.autograd.grad(ref, (logits, mu))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12)
+    # the window form leaves out the far pairs: smaller in magnitude, and not the official value
+    windowed = feature_similarity_loss(images, torch.softmax(logits, 1), mu=2.5, sigma=2.0,
+                                       radius=2)
+    assert abs(windowed.item() - ref.item()) > 1e-3 * abs(ref.item())
+
+
 def test_fsl_is_nonnegative_for_similar_pixels_and_zero_for_equal_predictions() -> None:
     images = torch.full((1, 3, 6, 6), 0.4)  # every pair similar: δ = 0, f ≈ −1
     probs = torch.softmax(torch.randn(1, 3, 6, 6), 1)
@@ -147,8 +167,12 @@ def test_fsl_gradient_vanishes_where_predictions_are_equal() -> None:
     assert grad[:, :6].sum() > 0  # the strip and its neighbours within the radius
     assert torch.all(grad[:, 6:] == 0)  # every neighbour of these pixels predicts the same
     uniform = torch.full((1, 2, 12, 12), 0.5, requires_grad=True)
-    feature_similarity_loss(images, uniform, mu=2.5, sigma=1.0).backward()
+    feature_similarity_loss(images, uniform, mu=2.5, sigma=1.0, radius=3).backward()
     assert torch.all(uniform.grad == 0)
+    # all pairs: the expanded norms cancel up to float rounding
+    uniform = torch.full((1, 2, 12, 12), 0.5, requires_grad=True)
+    feature_similarity_loss(images, uniform, mu=2.5, sigma=1.0).backward()
+    assert uniform.grad.abs().max() < 1e-7
 
 
 def test_fsl_learned_parameters_receive_gradients() -> None:

@@ -28,10 +28,10 @@ from torch import nn
 from wsss.config import TrainConfig, select
 from wsss.data import build_dataset
 from wsss.data.labels import BACKGROUND
-from wsss.data.transforms import normalize_image
-from wsss.io import DataError, load_cams, load_image, save_mask
+from wsss.data.transforms import mask_to_tensor, normalize_image
+from wsss.io import DataError, load_cams, load_image, npz_bytes, save_mask, write_bytes
 from wsss.methods import METHODS
-from wsss.methods.base import cams_to_masks
+from wsss.methods.base import cams_to_masks, train_transform
 from wsss.methods.cam_baseline import CamBaseline, CamBaselineConfig
 from wsss.methods.irn import refiner_train_stage, refiner_walk_stage
 from wsss.models.affinitynet import AffinityNet
@@ -46,6 +46,7 @@ from wsss.ops.affinity import (
     feature_affinity,
     feature_pair_affinity,
     neighbour_pairs,
+    pooled_affinity_labels,
 )
 from wsss.ops.random_walk import random_walk_pairs
 from wsss.pipeline.stages import Stage, StageContext
@@ -57,6 +58,7 @@ __all__ = [
     "affinity_walk",
     "affinitynet_loss",
     "affinitynet_loss_terms",
+    "affinitynet_scores",
     "affinitynet_seeds",
     "affinitynet_stages",
     "build_affinitynet",
@@ -92,6 +94,11 @@ class AffinityNetConfig:
     low_alpha: float = 4.0  # α_low: large background → confident foreground ("la")
     high_alpha: float = 32.0  # α_high: small background → confident background; paper 24
     label_crf: bool = True  # dense CRF (PSA settings) on both stacks before the arg-max
+    # Training labels per feature cell: "pooled" = PSA (the la / ha score maps are cropped with
+    # the image, 8×8 average-pooled, then the label rule; cells without score 255); "nearest" =
+    # the rule at full resolution, each cell reading its centre pixel's label (no score maps
+    # stored, two float maps per image fewer).
+    label_cells: str = "pooled"
     walk_alpha: float = 16.0  # background power of the walked CAM stack
     beta: float = 8.0  # affinity exponent β
     num_steps: int = 256  # t = 2 ** logt, PSA logt = 8
@@ -132,13 +139,39 @@ def build_affinitynet(cfg: Any, *, config_key: str = "method.affinitynet",
 
 # Labels ------------------------------------------------------------------------------------------
 
-def affinitynet_seeds(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, *,
-                      low_alpha: float, high_alpha: float, crf: bool) -> np.ndarray:
-    """AffinityNet training labels of one image (PSA `_crf_with_alpha` twice, then the label
-    rule of `ExtractAffinityLabelInRadius`).
+def affinitynet_scores(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, *,
+                       low_alpha: float, high_alpha: float, crf: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two AffinityNet label score stacks of one image (PSA `infer_cls.py`
+    `_crf_with_alpha` at α_low and α_high).
 
     Key-0 channels are dropped. Each stack [(1 − max cam)^α; cams] goes through the PSA dense CRF
-    (`dense_crf` defaults) when `crf`; `affinity_seed_labels` combines the two arg-maxes.
+    (`dense_crf` defaults) when `crf`.
+
+    Args:
+        image: uint8 (H, W, 3).
+        cams: float (K, H, W) in [0, 1] with `keys` (K,) class indices.
+
+    Returns:
+        low, high float32 (K' + 1, H, W) (channel 0 the background; a single channel of ones
+        when no foreground class is present) and their keys int64 (K' + 1,).
+    """
+    fg = keys > 0
+    cams_t = torch.from_numpy(np.ascontiguousarray(cams[fg], dtype=np.float32))
+    keys_ext = np.concatenate([[BACKGROUND], keys[fg]]).astype(np.int64)
+    stacks = [background_stack(cams_t, alpha).numpy() for alpha in (low_alpha, high_alpha)]
+    if crf and fg.any():
+        from wsss.ops.crf import dense_crf
+
+        stacks = [dense_crf(image, s) for s in stacks]
+    low, high = (np.ascontiguousarray(s, dtype=np.float32) for s in stacks)
+    return low, high, keys_ext
+
+
+def affinitynet_seeds(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, *,
+                      low_alpha: float, high_alpha: float, crf: bool) -> np.ndarray:
+    """AffinityNet labels of one image at full resolution (`affinitynet_scores`, then the label
+    rule of `ExtractAffinityLabelInRadius`, `affinity_seed_labels`, on every pixel).
 
     Args:
         image: uint8 (H, W, 3).
@@ -147,29 +180,97 @@ def affinitynet_seeds(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, *,
     Returns:
         uint8 (H, W): 0 confident background, class ids confident foreground, 255 unsure.
     """
-    fg = keys > 0
-    height, width = cams.shape[-2:]
-    if not fg.any():  # no class: all background (ICAM stores {0: ones})
-        return np.zeros((height, width), dtype=np.uint8)
-    cams_t = torch.from_numpy(np.ascontiguousarray(cams[fg], dtype=np.float32))
-    keys_ext = torch.from_numpy(np.concatenate([[BACKGROUND], keys[fg]]).astype(np.int64))
-    stacks = [background_stack(cams_t, alpha) for alpha in (low_alpha, high_alpha)]
-    if crf:
-        from wsss.ops.crf import dense_crf
-
-        stacks = [torch.from_numpy(dense_crf(image, s.numpy())) for s in stacks]
-    return affinity_seed_labels(stacks[0], stacks[1], keys_ext).numpy().astype(np.uint8)
+    if not (keys > 0).any():  # no class: all background (ICAM stores {0: ones})
+        return np.zeros(cams.shape[-2:], dtype=np.uint8)
+    low, high, keys_ext = affinitynet_scores(image, cams, keys, low_alpha=low_alpha,
+                                             high_alpha=high_alpha, crf=crf)
+    labels = affinity_seed_labels(torch.from_numpy(low), torch.from_numpy(high),
+                                  torch.from_numpy(keys_ext))
+    return labels.numpy().astype(np.uint8)
 
 
 def _labels_one(args: tuple[str, str, str, dict[str, Any]]) -> None:
-    """Labels for one image (module level, so a process pool can run it)."""
+    """Labels for one image (module level, so a process pool can run it). With
+    `save_scores`, the two score stacks go to `../scores/<name>.npz` (PSA's la / ha files),
+    written before the PNG that marks the image done."""
     image_path, cam_path, out_path, params = args
+    params = dict(params)
+    save_scores = params.pop("save_scores", False)
     cams, keys = load_cams(cam_path)
     image = load_image(image_path)
     if image.shape[:2] != cams.shape[-2:]:
         raise DataError(f"{cam_path}: CAMs are {cams.shape[-1]}x{cams.shape[-2]} but the image "
                         f"{image_path} is {image.shape[1]}x{image.shape[0]}")
-    save_mask(out_path, affinitynet_seeds(image, cams, keys, **params))
+    low, high, keys_ext = affinitynet_scores(image, cams, keys, **params)
+    if save_scores:
+        out = Path(out_path)
+        write_bytes(out.parent.parent / "scores" / f"{out.stem}.npz",
+                    npz_bytes({"low": low, "high": high, "keys": keys_ext}))
+    labels = affinity_seed_labels(torch.from_numpy(low), torch.from_numpy(high),
+                                  torch.from_numpy(keys_ext))
+    save_mask(out_path, labels.numpy().astype(np.uint8))
+
+
+class AffinityScoreDataset(torch.utils.data.Dataset):
+    """AffinityNet's training set with PSA's labels: images with their la / ha score maps
+    (`make_aff_labels/scores/<name>.npz`), cropped and flipped together, then reduced to one
+    label per feature cell by `pooled_affinity_labels` (`voc12/data.py AffDataset`).
+
+    The paired transform moves an index map (pixel index + 256) instead of the scores, so any
+    geometric step of the library transform applies to the scores unchanged; crop padding (255
+    in the index map) carries no score, as PSA's zero-padded crop. Samples: `image` float32
+    (3, h, w), `labels` (C,), `mask` int64 (⌈h / cell⌉, ⌈w / cell⌉), `name`, `index`.
+    """
+
+    _OFFSET = 256  # above the mask padding value 255
+
+    def __init__(self, dataset: Any, score_dir: str | Path, transform: Any, cell: int) -> None:
+        self.dataset = dataset
+        self.score_dir = Path(score_dir)
+        self.transform = transform
+        self.cell = int(cell)
+        self.names = dataset.names
+        self.class_names = dataset.class_names
+        self.num_classes = dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.names[index]
+        path = self.score_dir / f"{name}.npz"
+        try:
+            with np.load(path) as data:
+                low, high, keys = data["low"], data["high"], data["keys"]
+        except FileNotFoundError:
+            raise DataError(f"affinity score file missing: {path}") from None
+        image = self.dataset.load_image(index)
+        height, width = image.shape[:2]
+        if low.shape[-2:] != (height, width) or high.shape != low.shape:
+            raise DataError(f"{path}: scores are {low.shape[-1]}x{low.shape[-2]} but the image "
+                            f"is {width}x{height}")
+        where = np.arange(height * width, dtype=np.int32).reshape(height, width) + self._OFFSET
+        image_t, where_t = self.transform(image, where)
+        if isinstance(where_t, np.ndarray):
+            where_t = mask_to_tensor(where_t)
+        inside = where_t >= self._OFFSET
+        scores = torch.from_numpy(np.concatenate([low, high]).reshape(2 * low.shape[0], -1))
+        crop = scores.new_zeros((scores.shape[0], *where_t.shape))
+        crop[:, inside] = scores[:, where_t[inside] - self._OFFSET]
+        k = low.shape[0]
+        mask = pooled_affinity_labels(crop[:k], crop[k:], torch.from_numpy(keys), self.cell)
+        return {"image": image_t, "labels": torch.from_numpy(self.dataset.label_vector(index)),
+                "mask": mask, "name": name, "index": index}
+
+
+def _score_dataset(labels_stage: str, config_key: str) -> Any:
+    def build(ctx: StageContext, train_cfg: Any) -> AffinityScoreDataset:
+        cfg: AffinityNetConfig = select(ctx.cfg, config_key)
+        base = build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split)
+        return AffinityScoreDataset(base, ctx.stage_dir(labels_stage) / "scores",
+                                    train_transform(train_cfg), cfg.output_stride)
+
+    return build
 
 
 # Training ----------------------------------------------------------------------------------------
@@ -204,32 +305,40 @@ def affinitynet_loss_terms(model: nn.Module, batch: dict[str, Any], *, radius: i
                            distance: str = "mean") -> dict[str, torch.Tensor]:
     """AffinityNet's loss on one batch.
 
-    The label crop is reduced to the feature size by pixel-centre nearest sampling
-    (`downsample_labels`); pairs are PSA's windowed half-disc pairs of the radius.
+    Labels already at the feature size (`AffinityScoreDataset`, PSA's pooled cells) are used
+    as they are; a full-resolution label crop is reduced to the feature size by pixel-centre
+    nearest sampling (`downsample_labels`). Pairs are PSA's windowed half-disc pairs of the
+    radius (shrunk on small maps as ICAM's `resnet38_aff`, `_window_radius`).
 
     Args:
-        batch: `image` (B, 3, H, W), `mask` (B, H, W) int64 affinity labels (255 = unsure /
-            padding).
+        batch: `image` (B, 3, H, W), `mask` (B, h, w) int64 affinity labels (255 = unsure /
+            padding), at the image or the feature size.
         radius: pair radius (PSA: 5).
         distance: "mean" or "sum" (`feature_affinity`).
     """
     features = model(batch["image"])
     size = tuple(features.shape[-2:])
     labels = downsample_labels(batch["mask"], size)
-    index = _path_index(_window_radius(radius, size), size)
+    index = _path_index(_training_radius(radius, size), size)
     bg_pos, fg_pos, neg = affinity_labels(labels, index)
     return affinitynet_loss(feature_affinity(features, index, distance=distance),
                             bg_pos, fg_pos, neg)
 
 
 def _window_radius(radius: int, size: tuple[int, int]) -> int:
-    """The largest radius ≤ `radius` whose pair window fits an (h, w) map (h ≥ r, w ≥ 2r − 1);
-    ICAM's `resnet38_aff` also shrinks the radius on tiny maps."""
-    h, w = size
-    r = min(radius, h, (w + 1) // 2)
-    if r < 2:
-        raise ValueError(f"feature map {h}x{w} too small for AffinityNet pairs (needs at least "
-                         "2x3)")
+    """The pair radius on an (h, w) feature map: `radius`, or (min(h, w) − 1) // 2 when
+    min(h, w) < 2·radius + 1 (`arvijj/icam: network/resnet38_aff.py` forward; PSA itself
+    keeps 5, which leaves no valid pair on such maps). Below 2 there are no pairs (maps under
+    5×5 cells)."""
+    min_edge = min(size)
+    return (min_edge - 1) // 2 if min_edge < 2 * radius + 1 else radius
+
+
+def _training_radius(radius: int, size: tuple[int, int]) -> int:
+    r = _window_radius(radius, size)
+    if r < 2:  # the official code has no pair there and trains on a zero loss
+        raise ValueError(f"feature map {size[0]}x{size[1]} too small for AffinityNet pairs "
+                         "(needs at least 5x5 cells)")
     return r
 
 
@@ -278,8 +387,11 @@ def affinity_walk(
         features = F.interpolate(features[None], size=size, mode="bilinear",
                                  align_corners=False)[0]
     window = cfg.walk_pairs == "window"
-    src, dst = neighbour_pairs(size, _window_radius(cfg.radius, size) if window else cfg.radius,
-                               window=window)
+    radius = _window_radius(cfg.radius, size) if window else cfg.radius
+    if radius >= 2:
+        src, dst = neighbour_pairs(size, radius, window=window)
+    else:  # maps under 5×5 cells: no pair, as the official code there (the walk keeps the CAMs)
+        src = dst = torch.zeros(0, dtype=torch.int64)
     affinity = feature_pair_affinity(features, src, dst, distance=cfg.distance)
     walked = random_walk_pairs(low, src.to(device), dst.to(device), affinity, beta=cfg.beta,
                                num_steps=cfg.num_steps, tol=cfg.walk_tol)
@@ -332,13 +444,17 @@ def affinitynet_stages(
     if a_cfg.walk_pairs not in ("window", "full"):
         raise ValueError(f"{config_key}.walk_pairs must be 'window' or 'full', got "
                          f"{a_cfg.walk_pairs!r}")
+    if a_cfg.label_cells not in ("pooled", "nearest"):
+        raise ValueError(f"{config_key}.label_cells must be 'pooled' or 'nearest', got "
+                         f"{a_cfg.label_cells!r}")
     if a_cfg.distance not in ("mean", "sum"):
         raise ValueError(f"{config_key}.distance must be 'mean' or 'sum', got "
                          f"{a_cfg.distance!r}")
 
     def make_labels(ctx: StageContext) -> dict[str, Any]:
         cfg: AffinityNetConfig = select(ctx.cfg, config_key)
-        params = dict(low_alpha=cfg.low_alpha, high_alpha=cfg.high_alpha, crf=cfg.label_crf)
+        params = dict(low_alpha=cfg.low_alpha, high_alpha=cfg.high_alpha, crf=cfg.label_crf,
+                      save_scores=cfg.label_cells == "pooled")
         return cams_to_masks(ctx, build_dataset(ctx.cfg.data, ctx.cfg.data.infer_split),
                              cam_stage, _labels_one, params, desc=labels_name)
 
@@ -354,11 +470,11 @@ def affinitynet_stages(
         return affinity_walk(model, image, cams, keys, cfg=cfg, device=device)
 
     label_keys = ("data.infer_split", f"{config_key}.low_alpha", f"{config_key}.high_alpha",
-                  f"{config_key}.label_crf")
+                  f"{config_key}.label_crf", f"{config_key}.label_cells")
     train_keys = ("data.root", "data.infer_split", "model", "pipeline.seed",
                   f"{config_key}.train", f"{config_key}.backbone_weights",
                   f"{config_key}.output_stride", f"{config_key}.radius",
-                  f"{config_key}.distance")
+                  f"{config_key}.distance", f"{config_key}.label_cells")
     walk_keys = ("data.infer_split", f"{config_key}.radius", f"{config_key}.distance",
                  f"{config_key}.walk_alpha", f"{config_key}.beta", f"{config_key}.num_steps",
                  f"{config_key}.walk_tol", f"{config_key}.walk_pairs")
@@ -369,6 +485,8 @@ def affinitynet_stages(
         refiner_train_stage(
             method, train_name, labels_stage=labels_name, backbone_stage=backbone_stage,
             config_key=config_key, build=build, network="affinitynet",
+            dataset_fn=(_score_dataset(labels_name, config_key)
+                        if a_cfg.label_cells == "pooled" else None),
             step_fn=lambda cfg: lambda net, batch: affinitynet_loss_terms(
                 net, batch, radius=cfg.radius, distance=cfg.distance),
             depends_on=train_keys, description="train AffinityNet on the affinity labels"),
@@ -387,6 +505,11 @@ class AffinityNetMethodConfig(CamBaselineConfig):
     """CAM baseline (IRN's CAM recipe) + AffinityNet refinement (PSA)."""
 
     name: str = "affinitynet"
+    # PSA's classifier (`network/resnet38_cls.py`, `infer_cls.py`): Dropout2d(0.5) on the
+    # features before GAP; each view's CAM upsampled straight to the image size and summed.
+    # 0 / "strided" give IRN's CAM recipe (the CAM baseline's).
+    dropout: float = 0.5
+    cam_merge: str = "image"
     affinitynet: AffinityNetConfig = field(default_factory=AffinityNetConfig)
 
 
@@ -398,13 +521,24 @@ class AffinityNetMethod(CamBaseline):
     name = "affinitynet"
     config_cls = AffinityNetMethodConfig
     pseudo_mask_stage = "make_aff_masks"
+    train_keys = CamBaseline.train_keys + ("method.dropout",)
+    cam_keys = CamBaseline.cam_keys + ("method.cam_merge",)
+
+    def cam_merge(self) -> str:
+        return self.mcfg.cam_merge
 
     def build_model(self, num_classes: int) -> nn.Module:
-        """The CAM baseline's classifier; on ResNet-38 with `model.frozen_bn`, PSA's
-        `not_training` layers (conv1a, b2, b2_1, b2_2) are frozen instead of a ResNet stem."""
+        """The CAM baseline's classifier with PSA's dropout before GAP; on ResNet-38 with
+        `model.frozen_bn`, PSA's `not_training` layers (conv1a, b2, b2_1, b2_2) are frozen
+        instead of a ResNet stem."""
         m = self.cfg.model
+        if self.mcfg.cam_merge not in ("strided", "image"):
+            raise ValueError(f"method.cam_merge must be 'strided' or 'image', got "
+                             f"{self.mcfg.cam_merge!r}")
         if m.backbone != "resnet38":
-            return super().build_model(num_classes)
+            model = super().build_model(num_classes)
+            model.dropout = float(self.mcfg.dropout)
+            return model
         backbone = build_backbone(m.backbone, output_stride=m.output_stride,
                                   pretrained=m.pretrained, frozen_bn=m.frozen_bn)
         if m.frozen_bn:
@@ -412,7 +546,7 @@ class AffinityNetMethod(CamBaseline):
                 if name.startswith(_FROZEN_PREFIXES["resnet38"]):
                     p.requires_grad_(False)
         return CamClassifier(backbone=backbone, num_classes=num_classes,
-                             detach_stages=self.mcfg.detach_stages)
+                             detach_stages=self.mcfg.detach_stages, dropout=self.mcfg.dropout)
 
     def stages(self) -> list[Stage]:
         cam = [s for s in self.cam_stages() if s.name not in ("make_seeds", "eval_seeds")]

@@ -45,7 +45,7 @@ class CamBaselineConfig:
 def multiscale_cams(
     cam_fn: Any, image: np.ndarray, *, scales: list[float], flip: bool, stride: int,
     device: torch.device, channels_last: bool = False, view_streams: bool = False,
-    low_stride: int | None = None,
+    low_stride: int | None = None, merge: str = "strided",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """IRN `make_cam` merge: per scale, CAMs of the image and its flip are summed, each scale is
     resized to the stride-rounded full size and the scales are summed.
@@ -60,13 +60,19 @@ def multiscale_cams(
         low_stride: also merge at this stride (IRN's strided `cam`, stride 4): each scale's
             flip-merged maps resized straight to `strided_size((H, W), low_stride)` and summed
             (`jiwoon-ahn/irn: step/make_cam.py` 38-40), not a reduction of the full map.
+        merge: "strided" resizes each scale to the stride multiple above (H, W) and crops (IRN);
+            "image" resizes it straight to (H, W) (PSA `infer_cls.py`, each view upsampled to
+            the image and the views summed: resizing is linear and commutes with the flip, so
+            summing the flip pair first is the same map).
 
     Returns:
         float32 (C, H, W), not normalised; with `low_stride` the pair (that map, float32
         (C, (H − 1) // low_stride + 1, (W − 1) // low_stride + 1)).
     """
     height, width = image.shape[:2]
-    up = strided_up_size((height, width), stride)
+    if merge not in ("strided", "image"):
+        raise ValueError(f"merge must be 'strided' or 'image', got {merge!r}")
+    up = strided_up_size((height, width), stride) if merge == "strided" else (height, width)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     batches = [scaled_views(image, scale, flip=flip).to(device).contiguous(memory_format=layout)
                for scale in scales]
@@ -273,12 +279,17 @@ class CamBaseline(Method):
             fast.cams, image, scales=list(self.mcfg.cam_scales), flip=self.mcfg.cam_flip,
             stride=model.backbone.output_stride, device=device, channels_last=channels_last,
             view_streams=(channels_last and self.cfg.pipeline.view_streams
-                          and not self.cfg.pipeline.compile), low_stride=4)
+                          and not self.cfg.pipeline.compile), low_stride=4,
+            merge=self.cam_merge())
         present = np.flatnonzero(labels > 0)
         keep = torch.as_tensor(present, device=cams.device)
         cams, strided = (normalize_cams(x[keep], mode="max").detach().cpu().numpy()
                          .astype(np.float32) for x in (cams, strided))
         return {"cams": cams, "cams_strided": strided, "keys": present.astype(np.int64) + 1}
+
+    def cam_merge(self) -> str:
+        """How `multiscale_cams` brings the scales to the image size (IRN: "strided")."""
+        return "strided"
 
     def stages(self) -> list[Stage]:
         return self.cam_stages()

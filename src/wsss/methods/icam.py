@@ -63,6 +63,10 @@ class IcamConfig:
     # icam: softmax CAMs, PCM on logits (the method); seam: the SEAM baseline network and losses
     # (ReLU CAMs); sampling / FSL on it are the paper's "naive" Table 5 rows.
     base: str = "icam"
+    # Sampling on the SEAM base (base: seam, sampling_weight > 0): "relu" draws ∝ ReLU(logit) +
+    # 1e-5 on both views; "hfpl" is `arvijj/hfpl` (train_cam_voc.py): ∝ sigmoid(logit) + 1e-5 on
+    # view 1 only (hfpl's values: sampling_weight 0.2, num_samples 10).
+    seam_sampling: str = "relu"
     pooling: str = "avg"  # GAP (VOC best, paper Fig. 2) | max (GMP)
     sampling_weight: float = 0.8  # λ in (1 − λ)·pooled + λ·sampled; 0 = off (VOC 0.8, COCO 0.9)
     num_samples: int = 100  # code 100; paper 1 per class (Appendix B: the count does not matter)
@@ -73,7 +77,7 @@ class IcamConfig:
     fsl_mu: float = 2.5  # μ, the code's fixed value (initial value when learned)
     fsl_sigma: float = 5.0  # σ in pixels of the stride-8 map (initial value when learned)
     fsl_learned: bool = False  # paper: μ and σ learned with the network; code: fixed
-    fsl_radius: int | None = None  # neighbourhood half-width; None = ⌈3σ⌉
+    fsl_radius: int | None = None  # None = all pixel pairs (code); n = pairs within n rows/cols
     fsl_half_gate: bool = False  # paper g = ½‖a_i − a_j‖²; code without ½
     fsl_normalization: str = "code"  # code 1/(B·h·w); paper 1/(h·w)² per image
     freeze_pretrained: bool = True  # ResNet-38 with weights: conv1a, b2, b2_1, b2_2 frozen
@@ -188,8 +192,10 @@ def seam_losses(model: nn.Module, images: Tensor, labels: Tensor, cfg: IcamConfi
 
     L = ½Σ_v [(1 − λ)·MLSM(pool(cam_v)) + λ·MLSM(sampled logits)] + ½Σ_v AMP(cam_rv_v) + ER +
     ECR (+ fsl_weight·FSL on view 1's max-normed stride-level CAMs with bg = 1 − max fg).
-    Naive sampling draws pixels ∝ ReLU(logit) + 1e-5 from the stride-level fg logits and feeds
-    the drawn logits to MLSM (as `arvijj/hfpl`).
+    Naive sampling draws pixels from the stride-level fg logits and feeds the drawn logits to
+    MLSM: `seam_sampling: relu` ∝ ReLU(logit) + 1e-5 on both views (wsss's construction of the
+    paper's Table 5 row); `hfpl` as `arvijj/hfpl` (`train_cam_voc.py`): ∝ sigmoid(logit) + 1e-5
+    on view 1 only, L_cls = ½[(1 − λ)·MLSM(pool₁) + λ·MLSM(sampled₁)] + ½·MLSM(pool₂).
 
     Args and returns as `icam_losses` (keys cls_pool, cls_sample, rvmin, er, ecr, fsl).
     """
@@ -205,15 +211,21 @@ def seam_losses(model: nn.Module, images: Tensor, labels: Tensor, cfg: IcamConfi
         rvs.append(F.interpolate(o["logits_rv"], size=x.shape[-2:], mode="bilinear",
                                  align_corners=True))
     terms: dict[str, Tensor] = {}
-    if lam < 1.0:
+    hfpl = cfg.seam_sampling == "hfpl"
+    pool_weights = [1.0 - lam, 1.0 if hfpl else 1.0 - lam]
+    if any(w > 0.0 for w in pool_weights):
         reduce = (lambda c: c.mean((2, 3))) if cfg.pooling == "avg" else (
             lambda c: c.flatten(2).amax(-1))
-        terms["cls_pool"] = (1.0 - lam) * 0.5 * sum(_mlsm(reduce(c)[:, 1:], labels) for c in cams)
+        terms["cls_pool"] = 0.5 * sum(w * _mlsm(reduce(c)[:, 1:], labels)
+                                      for w, c in zip(pool_weights, cams) if w > 0.0)
     if lam > 0.0:
+        def weights(logits: Tensor) -> Tensor:
+            return (torch.sigmoid(logits) if hfpl else F.relu(logits)) + 1e-5
+
         sampled = sum(
-            _mlsm(importance_sample(o["logits"][:, 1:], F.relu(o["logits"][:, 1:].detach())
-                                    + 1e-5, cfg.num_samples), labels[:, :, None])
-            for o in outs)
+            _mlsm(importance_sample(o["logits"][:, 1:], weights(o["logits"][:, 1:].detach()),
+                                    cfg.num_samples), labels[:, :, None])
+            for o in (outs[:1] if hfpl else outs))
         terms["cls_sample"] = lam * 0.5 * sampled
     terms["rvmin"] = 0.5 * sum(adaptive_min_pooling_loss((r * label)[:, 1:]) for r in rvs)
     size = cams[1].shape[-2:]
@@ -316,7 +328,8 @@ class Icam(Method):
 
     name = "icam"
     config_cls = IcamConfig
-    train_keys = ("method.name", "method.base", "method.pooling", "method.sampling_weight",
+    train_keys = ("method.name", "method.base", "method.seam_sampling", "method.pooling",
+                  "method.sampling_weight",
                   "method.num_samples", "method.rv_weight", "method.probs_eps",
                   "method.view_scale", "method.fsl_weight", "method.fsl_mu", "method.fsl_sigma",
                   "method.fsl_learned", "method.fsl_radius", "method.fsl_half_gate",
@@ -328,6 +341,9 @@ class Icam(Method):
         c = self.mcfg
         if c.base not in _BASES:
             raise ConfigError(f"method.base must be one of {_BASES}, got {c.base!r}")
+        if c.seam_sampling not in ("relu", "hfpl"):
+            raise ConfigError(f"method.seam_sampling must be 'relu' or 'hfpl', got "
+                              f"{c.seam_sampling!r}")
         if c.pooling not in _POOLING:
             raise ConfigError(f"method.pooling must be one of {_POOLING}, got {c.pooling!r}")
         if not 0.0 <= c.sampling_weight <= 1.0:

@@ -140,8 +140,10 @@ def refiner_train_stage(
     method: Any, name: str, *, labels_stage: str, backbone_stage: str, config_key: str,
     build: Callable[..., nn.Module], step_fn: Callable[[Any], Callable[..., Any]], network: str,
     depends_on: tuple[str, ...], description: str,
+    dataset_fn: Callable[[StageContext, Any], Any] | None = None,
 ) -> Stage:
-    """Training stage of a refinement network (IRNet, AffinityNet) on another stage's masks.
+    """Training stage of a refinement network (IRNet, AffinityNet) on another stage's masks
+    (`dataset_fn(ctx, train_cfg)` builds the training set; default `seed_dataset(labels_stage)`).
 
     The config at `config_key` holds `train` (a `TrainConfig`) and `backbone_weights`: "cam"
     copies `backbone_stage`'s backbone into the network, "pretrained" keeps `model.pretrained`.
@@ -152,7 +154,7 @@ def refiner_train_stage(
 
     def train(ctx: StageContext) -> dict[str, Any]:
         cfg = select(ctx.cfg, config_key)
-        dataset = seed_dataset(labels_stage)(ctx, cfg.train)
+        dataset = (dataset_fn or seed_dataset(labels_stage))(ctx, cfg.train)
         model = build(ctx.cfg, load_pretrained=not from_cam)
         if from_cam:
             load_submodule_state(model.backbone, ctx.stage_dir(backbone_stage) / "model.pt")

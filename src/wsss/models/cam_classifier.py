@@ -15,10 +15,14 @@ class CamClassifier(nn.Module):
         num_classes: C, the number of foreground classes.
         detach_stages: how many leading backbone stages receive no gradient (IRN: 2, i.e.
             conv1..layer2 are detached; 0 trains everything, as needed from scratch).
+        dropout: Dropout2d probability on the features before the pooling, in training only
+            (PSA `resnet38_cls.py`: 0.5; IRN: 0). The CAMs never see it.
     """
 
-    def __init__(self, *, backbone: nn.Module, num_classes: int, detach_stages: int = 0) -> None:
+    def __init__(self, *, backbone: nn.Module, num_classes: int, detach_stages: int = 0,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = float(dropout)
         self.backbone = backbone
         self.num_classes = num_classes
         self.detach_stages = detach_stages
@@ -40,6 +44,8 @@ class CamClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) → logits (B, C)."""
         feats = self.features(images)
+        if self.dropout > 0.0:
+            feats = F.dropout2d(feats, self.dropout, training=self.training)
         pooled = feats.mean(dim=(2, 3), keepdim=True)
         return self.classifier(pooled).flatten(1)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from wsss.data.labels import BACKGROUND, IGNORE_INDEX
@@ -28,6 +30,7 @@ __all__ = [
     "feature_affinity",
     "feature_pair_affinity",
     "neighbour_pairs",
+    "pooled_affinity_labels",
     "pair_displacement",
     "search_directions",
 ]
@@ -183,11 +186,25 @@ def affinity_labels(seeds: Tensor, index: PathIndex) -> tuple[Tensor, Tensor, Te
     return bg_pos, fg_pos, neg
 
 
-def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of label maps with PIL's sampling (pixel centres).
+def _pil_nearest_index(big: int, small: int) -> list[int]:
+    """Source index of each of `small` outputs in Pillow's NEAREST resize from `big` samples.
 
-    Output pixel i reads input pixel floor((i + 0.5) · H / h), as `PIL.Image.resize(NEAREST)`
-    does (IRN/AMN resize their seeds with PIL; `F.interpolate(mode="nearest")` reads floor(i·H/h)).
+    Pillow (`libImaging/Geometry.c`, `ImagingScaleAffine`) starts at 0.5·big/small and adds
+    big/small once per output pixel in double precision, then truncates; the accumulated sum
+    differs from (i + 0.5)·big/small in the last bit, which moves the truncation wherever the
+    exact value is an integer (e.g. 292 of the size pairs up to 3,692). Python floats are C
+    doubles and `accumulate` adds in the same order, so this reproduces it bit for bit.
+    """
+    step = big / small
+    return [min(int(v), big - 1) for v in accumulate([0.5 * step] + [step] * (small - 1))]
+
+
+def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of label maps exactly as `PIL.Image.resize(NEAREST)`.
+
+    Output pixel i reads input pixel ≈ floor((i + 0.5) · H / h) (pixel centres), with Pillow's
+    accumulated double-precision positions (`_pil_nearest_index`); IRN/AMN/PSA resize their
+    labels with PIL, and `F.interpolate(mode="nearest")` reads floor(i·H/h) instead.
 
     Args:
         labels: (..., H, W) integer tensor.
@@ -198,9 +215,9 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """
     big_h, big_w = labels.shape[-2:]
     h, w = int(size[0]), int(size[1])
-    rows = ((torch.arange(h, device=labels.device) + 0.5) * big_h / h).floor().long()
-    cols = ((torch.arange(w, device=labels.device) + 0.5) * big_w / w).floor().long()
-    return labels[..., rows.clamp_max(big_h - 1), :][..., cols.clamp_max(big_w - 1)]
+    rows = torch.tensor(_pil_nearest_index(big_h, h), dtype=torch.long, device=labels.device)
+    cols = torch.tensor(_pil_nearest_index(big_w, w), dtype=torch.long, device=labels.device)
+    return labels[..., rows, :][..., cols]
 
 
 # PSA / AffinityNet (arXiv:1803.10464): feature affinities and affinity labels from CAMs ---------
@@ -344,3 +361,32 @@ def affinity_seed_labels(low: Tensor, high: Tensor, keys: Tensor) -> Tensor:
     labels = keys.to(la.device)[la]
     labels = torch.where(la == 0, torch.full_like(labels, IGNORE_INDEX), labels)
     return torch.where(ha == 0, torch.full_like(labels, BACKGROUND), labels)
+
+
+def pooled_affinity_labels(low: Tensor, high: Tensor, keys: Tensor, cell: int) -> Tensor:
+    """AffinityNet training labels of a crop at the feature resolution, PSA's way.
+
+    `jiwoon-ahn/psa: train_aff.py` (`AvgPool2d(8)` on the cropped score maps) and
+    `voc12/data.py AffDataset.__getitem__`: both score stacks are zero-padded to a multiple of
+    `cell` and averaged over each cell × cell block (`skimage.measure.block_reduce`), then
+    `affinity_seed_labels` runs on the pooled scores, and a cell whose pooled scores are all
+    below 1e-5 (crop padding, which carries no score) becomes 255.
+
+    Args:
+        low, high: (K + 1, H, W) score stacks at α_low / α_high (zeros where the crop padded).
+        keys: int64 (K + 1,) class index of each channel, keys[0] = 0.
+        cell: block side (the feature stride, PSA 8).
+
+    Returns:
+        int64 (⌈H / cell⌉, ⌈W / cell⌉) in {0} ∪ keys ∪ {255}.
+    """
+    if low.shape != high.shape or low.ndim != 3:
+        raise ValueError(f"low {tuple(low.shape)} and high {tuple(high.shape)} must be "
+                         "(K + 1, H, W)")
+    k = low.shape[0]
+    height, width = low.shape[-2:]
+    stack = F.pad(torch.cat([low, high]), (0, (-width) % cell, 0, (-height) % cell))
+    pooled = F.avg_pool2d(stack[None], cell)[0]
+    no_score = pooled.amax(dim=0) < 1e-5
+    labels = affinity_seed_labels(pooled[:k], pooled[k:], keys)
+    return labels.masked_fill(no_score, IGNORE_INDEX)
