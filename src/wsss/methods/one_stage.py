@@ -37,6 +37,7 @@ __all__ = [
     "OneStageConfig",
     "OneStageNet",
     "StochasticGate",
+    "adin",
     "stochastic_gate",
 ]
 
@@ -157,10 +158,25 @@ class GlobalCueInjection(nn.Module):
         """shallow (B, S, h, w), deep (B, W, h, w) → (B, W, h, w), W = `channels`."""
         x = self.fc_skip(shallow)
         if self.inject:
-            cues = self.fc_deep(deep).flatten(2).amax(-1)  # (B, 512)
-            gamma, beta = cues[:, : x.shape[1], None, None], cues[:, x.shape[1]:, None, None]
-            x = x * (gamma + 1.0) + beta
+            x = adin(x, self.fc_deep(deep).flatten(2).amax(-1))
         return self.fc_cls(F.relu(x))
+
+
+def adin(x: Tensor, cues: Tensor) -> Tensor:
+    """GCI's adaptive instance step (`models/mods/gci.py GCI._adin_conv`): x·(γ + 1) + β.
+
+    Args:
+        x: (B, C, h, w) normalised shallow features.
+        cues: (B, 2C) global cues, γ = the first C, β = the last C.
+
+    Returns:
+        (B, C, h, w).
+    """
+    channels = x.shape[1]
+    if cues.shape[1] != 2 * channels:
+        raise ValueError(f"cues must have 2 × {channels} channels, got {cues.shape[1]}")
+    gamma, beta = cues[:, :channels, None, None], cues[:, channels:, None, None]
+    return x * (gamma + 1.0) + beta
 
 
 def stochastic_gate(deep: Tensor, shallow: Tensor, *, psi: float, training: bool,
