@@ -18,10 +18,10 @@ from tests.fixtures.parity.make_one_stage import (
     official_name,
     seeded_state,
 )
-from wsss.data.transforms import RandomResizedCrop, build_train_transform
+from wsss.data.transforms import RandomResizedCrop, build_train_transform, scaled_views
 from wsss.metrics.confusion import ConfusionMeter, summarize_confusion
 from wsss.methods.one_stage import ASPP, OneStageNet, adin, stochastic_gate
-from wsss.ops.multiscale import finalize_probs, merge_views
+from wsss.ops.multiscale import crop_view, finalize_probs, merge_views, pad_center
 from wsss.ops.ngwp import balanced_seg_loss, focal_mask_penalty, pseudo_gt_masks
 from wsss.ops.pamr import pamr
 
@@ -58,9 +58,6 @@ def test_padded_inference_matches_official() -> None:
         probs, scores = merge_views(net, image, scales=fx["scales"].tolist(), flip=True,
                                     pad_size=pad)
         # per view: the official scores of each padded view
-        from wsss.data.transforms import scaled_views
-        from wsss.ops.multiscale import pad_center
-
         views = [pad_center(scaled_views(image, s, flip=True), pad)[0]
                  for s in fx["scales"].tolist()]
         cls = torch.cat([net(v)["cls"] for v in views])
@@ -102,8 +99,6 @@ def test_method_predict_uses_the_configured_pad() -> None:
 
 
 def test_pad_center_places_the_view_as_the_official_loader() -> None:
-    from wsss.ops.multiscale import crop_view, pad_center
-
     x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6) + 1
     padded, (top, left) = pad_center(x, (10, 9))
     assert padded.shape == (2, 3, 10, 9) and (top, left) == (2, 1)  # ⌊Δ/2⌋ before

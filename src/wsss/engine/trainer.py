@@ -223,7 +223,8 @@ class Trainer:
         self.select_epochs = sorted({int(e) for e in select_epochs})
         if self.select_epochs:
             if val_dataset is None:
-                raise ValueError("train.select_epochs needs a validation dataset")
+                raise ValueError("select_epochs needs a validation dataset (the train stage "
+                                 "of a method builds one from data.val_split)")
             bad = [e for e in self.select_epochs if not 0 <= e <= self.epochs]
             if bad:
                 raise ValueError(f"train.select_epochs {bad} lie outside 0..{self.epochs} "
