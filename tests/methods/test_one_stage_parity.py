@@ -81,6 +81,18 @@ def test_padded_inference_matches_official() -> None:
     assert not np.allclose(unpadded.numpy(), probs.numpy(), atol=1e-3)
 
 
+def test_test_crf_matches_official_crf_inference() -> None:
+    """`utils/dcrf.py crf_inference(img, probs, t=10)` on the merged FP-cut map (the map is
+    not renormalised: background^3) = `dense_crf` with the "psa" preset."""
+    pytest.importorskip("pydensecrf")
+    from wsss.ops.crf import CRF_PRESETS, dense_crf
+
+    fx = _load("padded_inference.npz")
+    ours = dense_crf(fx["image"], fx["merged_fp"], **CRF_PRESETS["psa"])
+    np.testing.assert_allclose(ours, fx["crf_fp"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ours.argmax(0), fx["crf_fp"].argmax(0))
+
+
 def test_method_predict_uses_the_configured_pad() -> None:
     """`OneStage.predict` (make_masks, infer_cams) pads with `method.test_pad_size`."""
     from wsss.config import load_config
