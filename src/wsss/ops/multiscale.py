@@ -40,7 +40,8 @@ def pad_center(x: Tensor, size: Sequence[int] | None) -> tuple[Tensor, tuple[int
     if not size:
         return x, (0, 0)
     if len(size) != 2:
-        raise ValueError(f"pad size must be (height, width), got {list(size)}")
+        raise ValueError(f"pad size (1-Stage: method.test_pad_size) must be [height, width], "
+                         f"got {list(size)}")
     h, w = x.shape[-2:]
     dh, dw = max(int(size[0]) - h, 0), max(int(size[1]) - w, 0)
     top, left = dh // 2, dw // 2
