@@ -216,3 +216,20 @@ def test_voc_presets_use_the_official_evaluation_and_recipe() -> None:
         assert cfg.train.epochs == 21 and cfg.train.select_epochs == list(range(6, 21, 2))
     vgg = load_config(root / "one_stage_vgg16.yaml", [])
     assert vgg.method.bias_lr_mult == 2.0 and vgg.method.test_pad_size == [768, 768]
+
+
+def test_inference_helpers_live_in_ops_without_importing_methods() -> None:
+    """`wsss.predict` takes the 1-Stage test helpers from `wsss.ops.multiscale`, not from the
+    method module (the former methods/base -> segnet -> predict -> one_stage -> base cycle),
+    and the ops module imports no method."""
+    import subprocess
+    import sys
+
+    import wsss.predict
+
+    assert "wsss.methods.one_stage" not in Path(wsss.predict.__file__).read_text()
+    code = ("import sys, wsss.ops.multiscale; "
+            "print(any(m.startswith('wsss.methods') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
