@@ -258,14 +258,15 @@ class Method(abc.ABC):
 
 
 def train_transform(t: Any) -> Any:
-    """The paired training augmentation of a `TrainConfig` (IRN order, see `build_train_transform`)."""
+    """The paired training augmentation of a `TrainConfig` (IRN order, or 1-Stage's with
+    `resized_crop_scale`; see `build_train_transform`)."""
     return build_train_transform(
         crop_size=t.crop_size,
         resize_long=tuple(t.resize_long) if t.resize_long else None,
         scale_range=tuple(t.scale_range) if t.scale_range else None,
         flip=t.flip,
         color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
-        # Train configs of other stages (IRN, AffinityNet) have no resized-crop fields.
+        # getattr: callers may pass train-config-like objects without the resized-crop fields.
         resized_crop_scale=_optional_pair(getattr(t, "resized_crop_scale", None)),
         resized_crop_ratio=_optional_pair(getattr(t, "resized_crop_ratio", None))
         or (3.0 / 4.0, 4.0 / 3.0),
