@@ -74,6 +74,10 @@ class TrainConfig:
     scale_range: list[float] | None = None
     flip: bool = True
     color_jitter: list[float] | None = None
+    # 1-Stage's crop: RandomResizedCrop(crop_size, scale, ratio), no padding (replaces
+    # resize_long / scale_range, which must then be null); None: the IRN pipeline above.
+    resized_crop_scale: list[float] | None = None
+    resized_crop_ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 0.1
     head_lr_mult: float = 10.0
@@ -86,6 +90,11 @@ class TrainConfig:
     amp: bool = False
     log_every: int = 20
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
+    # Model selection: after each of these numbers of completed epochs, the mean training loss
+    # (model in eval mode, no gradient) over `data.val_split` with the training augmentation;
+    # the weights with the lowest one are kept as model.pt (1-Stage `train.py`). Empty: the
+    # last epoch's weights.
+    select_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, p
 from wsss.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from wsss.io import IMAGE_EXTENSIONS, DataError, load_image
 from wsss.ops.crf import CRF_PRESETS, dense_crf
+from wsss.ops.multiscale import finalize_probs, merge_views
 from wsss.registry import Registry
 
 __all__ = ["CHECKPOINT_KINDS", "Predictor", "ScoreModel", "crf_presets", "load",
@@ -271,16 +272,16 @@ def method_model(meta: dict[str, Any]) -> tuple[Any, nn.Module]:
 
 @CHECKPOINT_KINDS.register("one_stage")
 def _one_stage_kind(meta: dict[str, Any]) -> ScoreModel:
-    """1-Stage's test (`wsss.methods.one_stage`): mean of the views' softmax, classes kept where
-    the max over views of sigmoid(class score) > fp_cut, background ** bg_power, CRF "psa"."""
-    from wsss.methods.one_stage import finalize_probs, merge_views
-
+    """1-Stage's test (`wsss.ops.multiscale`): mean of the views' softmax (each view padded to
+    `test_pad_size`), classes kept where the max over views of sigmoid(class score) > fp_cut
+    (no image labels here), background ** bg_power, CRF "psa"."""
     method, model = method_model(meta)
     c = method.mcfg
 
     def views(net: nn.Module, image: np.ndarray, scales: list[float], flip: bool,
               device: torch.device) -> torch.Tensor:
-        merged, scores = merge_views(net, image, scales=scales, flip=flip, device=device)
+        merged, scores = merge_views(net, image, scales=scales, flip=flip,
+                                     pad_size=c.test_pad_size, device=device)
         return finalize_probs(merged, scores > c.fp_cut, bg_power=c.bg_power)
 
     return ScoreModel(model=model, views=views,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from wsss.config import load_config
 from wsss.methods import build_method
-from wsss.methods.one_stage import (
-    OneStageNet,
-    StochasticGate,
-    finalize_probs,
-    stochastic_gate,
-)
+from wsss.methods.one_stage import OneStageNet, StochasticGate, stochastic_gate
 from wsss.models.backbones import build_backbone
+from wsss.ops.multiscale import finalize_probs
 
 TINY = ["model.backbone=resnet18", "model.pretrained=none", "model.frozen_bn=false",
         "method.name=one_stage", "method.test_scales=[1.0,0.5]"]
@@ -129,20 +127,107 @@ def test_finalize_probs_prunes_and_powers_background() -> None:
 
 def test_stages() -> None:
     names = [s.name for s in _method().stages()]
-    assert names == ["data", "train", "make_masks", "eval_masks", "eval_masks_clean",
-                     "eval_crf", "eval_crf_clean", "eval_cam"]
+    assert names == ["data", "train", "make_masks", "eval_masks", "eval_crf",
+                     "eval_masks_predicted", "eval_crf_predicted", "eval_cam"]
     assert "eval_crf" not in [s.name for s in _method("method.crf=false").stages()]
+    # with the official USE_GT_LABELS the FP-cut variant is not written
+    assert [s.name for s in _method("method.use_gt_labels=true").stages()] == [
+        "data", "train", "make_masks", "eval_masks", "eval_crf", "eval_cam"]
+
+
+def _check_written_masks(cfg, *, trained: bool) -> None:
+    """masks/ = argmax of the clean scores (image labels), masks_predicted/ = the FP cut, and
+    eval_masks scores exactly as the clean score maps' argmax (eval_cam at τ = 0)."""
+    import json
+
+    from wsss.data import build_dataset
+    from wsss.io import load_mask
+
+    run = Path(cfg.pipeline.workdir) / cfg.pipeline.name
+    method = build_method(cfg)
+    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    model = method.load_trained(run / "train", dataset.num_classes, torch.device("cpu"))
+    differs = 0
+    for i, name in enumerate(dataset.names):
+        with torch.no_grad():
+            probs, scores = method.predict(model, dataset.load_image(i))
+        labels = torch.as_tensor(dataset.label_vector(i) > 0)
+        clean = finalize_probs(probs, labels, bg_power=cfg.method.bg_power).argmax(0)
+        predicted = finalize_probs(probs, scores > cfg.method.fp_cut,
+                                   bg_power=cfg.method.bg_power).argmax(0)
+        np.testing.assert_array_equal(load_mask(run / "make_masks" / "masks" / f"{name}.png"),
+                                      clean.numpy())
+        np.testing.assert_array_equal(
+            load_mask(run / "make_masks" / "masks_predicted" / f"{name}.png"), predicted.numpy())
+        differs += int(not torch.equal(clean, predicted))
+    assert differs > 0  # the two protocols differ on this run, so the check can fail
+
+    def metrics(stage: str) -> dict:
+        return json.loads((run / stage / "metrics.json").read_text())
+
+    assert metrics("eval_masks")["miou"] == pytest.approx(metrics("eval_cam")["fixed"]["miou"])
+    assert metrics("eval_masks_predicted")["miou"] != metrics("eval_masks")["miou"]
+    if trained:
+        summary = json.loads((run / "train" / "manifest.json").read_text())
+        assert "selected_epoch" in json.dumps(summary)
+
+
+def test_written_masks_use_the_image_labels(tmp_path) -> None:
+    """Issue 22, fast: make_masks on a labelled split writes masks/ from the image labels and
+    masks_predicted/ from the FP cut (an untrained tiny network, an in-memory dataset)."""
+    from types import SimpleNamespace
+
+    from wsss.io import load_mask
+    from wsss.pipeline.stages import StageContext
+
+    torch.manual_seed(0)
+    method = _method("method.head_channels=16", "method.crf=false", "method.fp_cut=0.5")
+    model = method.build_model(num_classes=4).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (16, 20, 3), dtype=np.uint8) for _ in range(4)]
+    labels = [np.eye(4, dtype=np.float32)[i] + np.eye(4, dtype=np.float32)[(i + 1) % 4]
+              for i in range(4)]
+    class Items(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.names)
+
+    dataset = Items(names=[f"im{i}" for i in range(4)], num_classes=4,
+                    load_image=lambda i: images[i], label_vector=lambda i: labels[i])
+    method.dataset = lambda split, train=False: dataset  # type: ignore[method-assign]
+    method.load_trained = lambda *args: model  # type: ignore[method-assign]
+    stage = method.make_masks_stage()
+    ctx = StageContext(cfg=method.cfg, run_dir=tmp_path, out_dir=tmp_path / "make_masks",
+                       device=torch.device("cpu"), method=method)
+    stage.run(ctx)
+    differs = 0
+    for i, name in enumerate(dataset.names):
+        with torch.no_grad():
+            probs, scores = method.predict(model, images[i])
+        clean = finalize_probs(probs, torch.as_tensor(labels[i] > 0), bg_power=3.0).argmax(0)
+        predicted = finalize_probs(probs, scores > 0.5, bg_power=3.0).argmax(0)
+        np.testing.assert_array_equal(load_mask(ctx.out_dir / "masks" / f"{name}.png"),
+                                      clean.numpy())
+        np.testing.assert_array_equal(load_mask(ctx.out_dir / "masks_predicted" / f"{name}.png"),
+                                      predicted.numpy())
+        differs += int(not torch.equal(clean, predicted))
+    assert differs > 0  # the FP cut keeps other classes than the labels here
+    assert method.pseudo_mask_stage == "make_masks"  # the segnet trains on masks/
 
 
 @pytest.mark.slow
 def test_pipeline_end_to_end(tmp_path) -> None:
+    """Issue 22: on the labelled training split the written pseudo-masks (masks/) are the clean
+    ones (image labels), equal to the clean evaluation; masks_predicted/ uses the FP cut. Also
+    model selection and the padded test grid in a real run."""
     from wsss.pipeline.runner import run_pipeline
 
     cfg = load_config("configs/synthetic/one_stage.yaml", [
         f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=16",
         "data.synthetic.num_val=4", "data.synthetic.image_size=48", "train.epochs=2",
-        "train.batch_size=8", "train.crop_size=48", "train.resize_long=[40,56]",
+        "train.batch_size=8", "train.crop_size=48", "train.select_epochs=[1,2]",
         "method.pretrain_epochs=1", "method.crf=false", "eval.plots=false",
+        "eval.contour=false", "method.test_pad_size=[96,96]",
         f"pipeline.workdir={tmp_path / 'runs'}",
     ])
     run_pipeline(cfg)
+    _check_written_masks(cfg, trained=True)

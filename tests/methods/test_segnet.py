@@ -261,7 +261,7 @@ def test_one_stage_checkpoint_predicts(tmp_path: Path) -> None:
     """1-Stage's own network (its `train` stage's model.pt) is a valid checkpoint for predict."""
     from types import SimpleNamespace
 
-    from wsss.methods.one_stage import finalize_probs, merge_views
+    from wsss.ops.multiscale import finalize_probs, merge_views
 
     torch.manual_seed(0)
     cfg = load_config(None, ["method.name=one_stage", f"model.backbone={register_tiny()}",

@@ -15,6 +15,7 @@ makes multi-worker loading reproducible too. Neither numpy's nor torch's generat
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -406,6 +407,71 @@ class RandomCrop:
         return f"RandomCrop({self.size}, image_fill={self.image_fill}, mask_fill={self.mask_fill})"
 
 
+class RandomResizedCrop:
+    """Crop a random area fraction and aspect ratio, then resize to `size` (no padding).
+
+    1-Stage's training crop (`visinf/1-stage-wseg: datasets/transforms.py MaskRandResizedCrop`)
+    with the parameter draw of the torchvision it pins (0.2.1, `RandomResizedCrop.get_params`):
+    up to 10 tries of area = uniform(scale)·H·W, aspect w/h = uniform(ratio) (linear, not
+    log-uniform), w = round(√(area·aspect)), h = round(√(area/aspect)), then w and h swapped with
+    probability 1/2; the first window that fits is placed uniformly (`randint`, both ends
+    included). If none fits, the centred square of side min(H, W). The same sequence of `random`
+    calls as torchvision 0.2.1, so a seeded generator gives the official windows. Image: PIL
+    bicubic; mask: nearest.
+
+    Args:
+        size: output side (int) or (height, width).
+        scale: range of the crop's area as a fraction of the image's.
+        ratio: range of the crop's aspect ratio (width / height).
+    """
+
+    def __init__(self, size: int | tuple[int, int], scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0), *,
+                 rng: random.Random | None = None):
+        if isinstance(size, int):
+            size = (size, size)
+        self.size = (int(size[0]), int(size[1]))
+        if min(self.size) < 1:
+            raise ValueError(f"crop size must be positive, got {self.size}")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {list(scale)}")
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {list(ratio)}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.rng = rng
+
+    @staticmethod
+    def window(gen, height: int, width: int, scale: tuple[float, float],
+               ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of one random window in an (height, width) image."""
+        area = height * width
+        for _ in range(10):
+            target = gen.uniform(*scale) * area
+            aspect = gen.uniform(*ratio)
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if gen.random() < 0.5:
+                w, h = h, w
+            if w <= width and h <= height:
+                return gen.randint(0, height - h), gen.randint(0, width - w), h, w
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def __call__(self, image, mask=None):
+        height, width = image.shape[:2]
+        if mask is not None and mask.shape[:2] != (height, width):
+            raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape}")
+        top, left, h, w = self.window(_generator(self.rng), height, width, self.scale, self.ratio)
+        image = pil_resize(image[top:top + h, left:left + w], self.size, 3)
+        if mask is not None:
+            mask = pil_resize(mask[top:top + h, left:left + w], self.size, 0)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop({self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
 class ToTensor:
     """image (H, W, 3) → float32 tensor (3, H, W), values unchanged; mask → int64 (H, W) | None."""
 
@@ -431,6 +497,8 @@ def build_train_transform(
     scale_range: tuple[float, float] | None = None,
     flip: bool = True,
     color_jitter: tuple[float, float, float, float] | None = None,
+    resized_crop_scale: tuple[float, float] | None = None,
+    resized_crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     rng: random.Random | None = None,
@@ -440,6 +508,11 @@ def build_train_transform(
     resize-long → rescale → colour jitter → normalise → flip → crop (image pad 0, mask pad 255)
     → tensors. Steps given as None (or `flip=False`) are left out; `crop_size=None` keeps the
     full image (variable sizes; batch size 1 or a custom collate).
+
+    With `resized_crop_scale`, 1-Stage's pipeline instead (`datasets/pascal_voc.py`):
+    `RandomResizedCrop(crop_size, resized_crop_scale, resized_crop_ratio)` → flip → colour
+    jitter → normalise → tensors, never padded (then `resize_long` and `scale_range` must be
+    None).
 
     Args:
         crop_size: output side (int) or (height, width), or None.
@@ -454,16 +527,31 @@ def build_train_transform(
         A `Compose` mapping (uint8 (H, W, 3), uint8 (H, W) | None) to
         (float32 tensor (3, h, w), int64 tensor (h, w) | None).
     """
+    if color_jitter is not None and len(color_jitter) != 4:
+        raise ValueError(
+            f"color_jitter must be (brightness, contrast, saturation, hue), got {color_jitter}"
+        )
     steps: list[Callable[..., Pair]] = []
+    if resized_crop_scale is not None:
+        if crop_size is None:
+            raise ValueError("a random resized crop needs a crop size")
+        if resize_long is not None or scale_range is not None:
+            raise ValueError("resized_crop_scale (a random resized crop) replaces resize_long "
+                             "and scale_range: set train.resize_long and train.scale_range "
+                             "to null")
+        steps.append(RandomResizedCrop(crop_size, resized_crop_scale, resized_crop_ratio,
+                                       rng=rng))
+        if flip:
+            steps.append(RandomHorizontalFlip(0.5, rng=rng))
+        if color_jitter is not None:
+            steps.append(ColorJitter(*color_jitter, rng=rng))
+        steps += [Normalize(mean, std), ToTensor()]
+        return Compose(steps)
     if resize_long is not None:
         steps.append(RandomResizeLong(resize_long[0], resize_long[1], rng=rng))
     if scale_range is not None:
         steps.append(RandomRescale(scale_range[0], scale_range[1], rng=rng))
     if color_jitter is not None:
-        if len(color_jitter) != 4:
-            raise ValueError(
-                f"color_jitter must be (brightness, contrast, saturation, hue), got {color_jitter}"
-            )
         steps.append(ColorJitter(*color_jitter, rng=rng))
     steps.append(Normalize(mean, std))
     if flip:
@@ -490,6 +578,7 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomRescale",
+    "RandomResizedCrop",
     "RandomResizeLong",
     "ToTensor",
     "build_eval_transform",

@@ -139,6 +139,10 @@ class TrainResult:
     epochs: int
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
+    # Model selection (`select_epochs`): validation loss per number of completed epochs, and
+    # the number of epochs after which the kept weights were taken (None: the last weights).
+    val_losses: dict[int, float] = field(default_factory=dict)
+    selected_epoch: int | None = None
 
 
 class Trainer:
@@ -155,6 +159,12 @@ class Trainer:
         max_steps: an iteration budget (DeepLab's 30k): the poly schedule spans it, training
             stops after it, and `epochs` becomes the number of epochs it needs.
         logger: a `TrainLogger` called on rank 0 after every step and epoch (None: no calls).
+        val_dataset, select_epochs: model selection. After each number of completed epochs in
+            `select_epochs` (before the next epoch starts, after `on_epoch_start` for it, as
+            1-Stage's `train.py` validates), the mean over batches of the summed `step_fn`
+            terms on `val_dataset` (model in eval mode, no gradient) is computed; when training
+            ends, the model holds the weights with the lowest such loss (ties: the earliest).
+            The best weights so far are kept in `out_dir/best.pt`, so a resume keeps them.
     """
 
     def __init__(
@@ -184,6 +194,8 @@ class Trainer:
         max_steps: int | None = None,
         logger: TrainLogger | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        val_dataset: Dataset | None = None,
+        select_epochs: Sequence[int] = (),
     ) -> None:
         world = dist.world_size()
         if batch_size % world:
@@ -209,6 +221,20 @@ class Trainer:
         self.steps_per_epoch = self.sampler.num_batches
         if max_steps is not None:
             self.epochs = -(-max_steps // self.steps_per_epoch)  # ceil
+        self.select_epochs = sorted({int(e) for e in select_epochs})
+        if self.select_epochs:
+            if val_dataset is None:
+                raise ValueError("select_epochs needs a validation dataset (the train stage "
+                                 "of a method builds one from data.val_split)")
+            bad = [e for e in self.select_epochs if not 0 <= e <= self.epochs]
+            if bad:
+                raise ValueError(f"train.select_epochs {bad} lie outside 0..{self.epochs} "
+                                 f"(numbers of completed epochs)")
+        # The validation items keep their augmentation fixed per (seed, epoch) too.
+        self.val_items = SeededItems(val_dataset, seed + 7919) if val_dataset is not None else None
+        self.val_batch = batch_size // world
+        self.val_losses: dict[int, float] = {}
+        self.best_epoch: int | None = None
         self.max_steps = max_steps or max(self.steps_per_epoch * self.epochs, 1)
         self.optimizer = build_optimizer(param_groups, name=optimizer, momentum=momentum,
                                          weight_decay=weight_decay)
@@ -252,6 +278,8 @@ class Trainer:
             "global_step": self.global_step,
             "history": self.history,
             "epoch_sums": self.epoch_sums,
+            "val_losses": self.val_losses,
+            "best_epoch": self.best_epoch,
             "rng": rng_state(),
             "meta": self.meta,
         }
@@ -275,10 +303,71 @@ class Trainer:
         self.global_step = state["global_step"]
         self.history = state["history"]
         self.epoch_sums = state.get("epoch_sums", {})
+        self.val_losses = {int(k): v for k, v in state.get("val_losses", {}).items()}
+        self.best_epoch = state.get("best_epoch")
         set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d step %d", self.last_path, self.epoch + 1,
                  self.step_in_epoch)
         return True
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> float:
+        """Mean over validation batches of the summed loss terms, model in eval mode.
+
+        Args:
+            epoch: number of completed epochs (seeds the validation augmentation).
+
+        Returns:
+            the mean over every rank's batches.
+        """
+        assert self.val_items is not None
+        self.val_items.epoch = epoch
+        indices = dist.shard(range(len(self.val_items)))  # type: ignore[arg-type]
+        loader = DataLoader(self.val_items, batch_size=self.val_batch,
+                            num_workers=self.loader_args["num_workers"], sampler=indices)
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        try:
+            for batch in loader:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    terms = self.step_fn(self.model, self._to_device(batch))
+                total[0] += float(sum(v.detach().float() for v in terms.values()))
+                total[1] += 1
+        finally:
+            self.model.train()
+        total = dist.all_reduce_sum(total)
+        if total[1] == 0:
+            raise ValueError("the validation dataset of train.select_epochs is empty")
+        return float(total[0] / total[1])
+
+    def _select(self, epoch: int) -> None:
+        """Validate after `epoch` completed epochs; keep the weights if they are the best."""
+        if epoch not in self.select_epochs or epoch in self.val_losses:
+            return
+        loss = self.validate(epoch)
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite validation loss {loss} after epoch {epoch}")
+        best = self.val_losses.get(self.best_epoch) if self.best_epoch is not None else None
+        self.val_losses[epoch] = loss
+        log.info("validation after epoch %d: loss %.4g", epoch, loss)
+        if best is None or loss < best:
+            self.best_epoch = epoch
+            if dist.is_main():
+                save_checkpoint(self.best_path, {"model": self.model.state_dict(),
+                                                 "epoch": epoch, "loss": loss})
+        self.save()
+
+    def _restore_best(self) -> None:
+        if self.best_epoch is None:
+            return
+        state = load_checkpoint(self.best_path, map_location=self.device)
+        load_model_state(self.model, state["model"], str(self.best_path))
+        log.info("kept the weights after epoch %d (validation loss %.4g)", self.best_epoch,
+                 self.val_losses[self.best_epoch])
 
     def _loader(self) -> DataLoader:
         self.items.epoch = self.epoch
@@ -325,6 +414,7 @@ class Trainer:
                 self.on_epoch_start(self.epoch)
             if self.step_in_epoch == 0:
                 self.epoch_sums = {}
+                self._select(self.epoch)
             bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
                        disable=not dist.is_main())
@@ -356,4 +446,10 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self.save()
-        return TrainResult(epochs=self.epochs, steps=self.global_step, history=self.history)
+        if self.epochs in self.select_epochs and self.epochs not in self.val_losses:
+            if self.on_epoch_start is not None:
+                self.on_epoch_start(self.epochs)  # as if a next epoch began (official order)
+            self._select(self.epochs)
+        self._restore_best()
+        return TrainResult(epochs=self.epochs, steps=self.global_step, history=self.history,
+                           val_losses=dict(self.val_losses), selected_epoch=self.best_epoch)

@@ -163,12 +163,16 @@ class Method(abc.ABC):
         def run(ctx: StageContext) -> dict[str, Any]:
             t = ctx.cfg.train
             dataset = self.dataset(ctx.cfg.data.train_split, train=True)
+            # Model selection validates with the training augmentation (1-Stage `train.py`).
+            val = self.dataset(ctx.cfg.data.val_split, train=True) if t.select_epochs else None
             model = self.build_model(dataset.num_classes)
             return fit_model(ctx, model=model, step_fn=self.training_step,
                              param_groups=self.param_groups(model, t.lr), dataset=dataset,
                              train_cfg=t, meta=self.checkpoint_meta(dataset),
-                             on_epoch_start=self.on_epoch_start)
+                             on_epoch_start=self.on_epoch_start, val_dataset=val)
 
+        if self.cfg.train.select_epochs:
+            depends_on = depends_on + ("data.val_split",)
         return Stage(name, run, needs=needs, depends_on=TRAIN_KEYS + self.train_keys + depends_on,
                      description=description)
 
@@ -304,24 +308,36 @@ def _score_classifier(method: Method, ctx: StageContext, train_stage: str) -> di
 
 
 def train_transform(t: Any) -> Any:
-    """The paired training augmentation of a `TrainConfig` (IRN order, see `build_train_transform`)."""
+    """The paired training augmentation of a `TrainConfig` (IRN order, or 1-Stage's with
+    `resized_crop_scale`; see `build_train_transform`)."""
     return build_train_transform(
         crop_size=t.crop_size,
         resize_long=tuple(t.resize_long) if t.resize_long else None,
         scale_range=tuple(t.scale_range) if t.scale_range else None,
         flip=t.flip,
         color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
+        # getattr: callers may pass train-config-like objects without the resized-crop fields.
+        resized_crop_scale=_optional_pair(getattr(t, "resized_crop_scale", None)),
+        resized_crop_ratio=_optional_pair(getattr(t, "resized_crop_ratio", None))
+        or (3.0 / 4.0, 4.0 / 3.0),
     )
+
+
+def _optional_pair(values: Any) -> tuple[float, float] | None:
+    return (float(values[0]), float(values[1])) if values else None
 
 
 def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any],
               param_groups: list[dict[str, Any]], dataset: Any, train_cfg: Any,
-              meta: dict[str, Any], on_epoch_start: Callable[[int], None] | None = None
-              ) -> dict[str, Any]:
+              meta: dict[str, Any], on_epoch_start: Callable[[int], None] | None = None,
+              val_dataset: Any = None) -> dict[str, Any]:
     """Train `model` with the `Trainer` on `train_cfg`, save `model.pt` and `history.json`.
 
+    With `train_cfg.select_epochs` (and a `val_dataset`), model.pt holds the weights with the
+    lowest validation loss among those epochs (`Trainer`'s model selection).
+
     Returns:
-        the stage summary: epochs, steps and the last epoch's mean loss.
+        the stage summary: epochs, steps, the last epoch's mean loss (and the selection).
     """
     t = train_cfg
     logger = train_logger(ctx)
@@ -336,6 +352,7 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         logger=logger,
         # A dataset that augments whole batches (AuxSegNet's one scale per batch) collates them.
         collate_fn=getattr(dataset, "collate_fn", None),
+        val_dataset=val_dataset, select_epochs=getattr(t, "select_epochs", None) or (),
     )
     return {"epochs": trainer.epochs, **finish_training(ctx, trainer, model, meta, logger)}
 
@@ -355,7 +372,11 @@ def finish_training(ctx: StageContext, trainer: Trainer, model: nn.Module, meta:
         write_text(ctx.out_dir / "history.json", json.dumps(result.history, indent=2))
     dist.barrier()
     last = result.history[-1] if result.history else {}
-    return {"steps": result.steps, "final_loss": last.get("loss")}
+    summary = {"steps": result.steps, "final_loss": last.get("loss")}
+    if result.val_losses:
+        summary["selected_epoch"] = result.selected_epoch
+        summary["val_losses"] = {str(k): v for k, v in sorted(result.val_losses.items())}
+    return summary
 
 
 def cams_to_masks(ctx: StageContext, dataset: Any, cam_stage: str,

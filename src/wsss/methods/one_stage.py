@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD, scaled_views
+from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.io import save_cams, save_mask
 from wsss.methods import METHODS
 from wsss.methods.base import Method
 from wsss.models.backbones import FrozenStatsBatchNorm2d, build_backbone
+from wsss.ops.multiscale import finalize_probs, merge_views
 from wsss.ops.ngwp import balanced_seg_loss, focal_mask_penalty, ngwp_scores, pseudo_gt_masks
 from wsss.ops.pamr import pamr
 from wsss.pipeline.stages import Stage, StageContext, per_image
@@ -36,7 +37,7 @@ __all__ = [
     "OneStageConfig",
     "OneStageNet",
     "StochasticGate",
-    "merge_views",
+    "adin",
     "stochastic_gate",
 ]
 
@@ -69,9 +70,17 @@ class OneStageConfig:
     bias_lr_mult: float = 2.0  # code: biases train at 2× their group's lr, without weight decay
     test_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     test_flip: bool = True
+    # Every test view is zero-padded (centred) to this (height, width) grid before the network,
+    # so nGWP, the focal penalty, the class scores and the FP cut see the padded grid (official
+    # `TEST.PAD_SIZE`: 1024 × 1024 for ResNet-38, 768 × 768 for the appendix-F backbones, set
+    # in the VOC presets). None: each view runs at its own size (cheaper; synthetic preset).
+    test_pad_size: list[int] | None = None
     bg_power: float = 3.0  # test-time background power (`BG_POW`)
     fp_cut: float = 0.1  # classes kept at test time: max over views of sigmoid(score) > fp_cut
-    use_gt_labels: bool = False  # the main masks use the image labels instead of fp_cut
+    # Official `USE_GT_LABELS`: its test output keeps the image labels' classes. `masks/` always
+    # does (the pseudo-mask protocol); when false, `masks_predicted/` (classes above fp_cut,
+    # the official ResNet-38 test output) is written as well.
+    use_gt_labels: bool = False
     crf: bool = True  # also write dense-CRF masks (CRF_PRESETS["psa"])
     cam_eval_threshold: float = 0.0  # eval_cam on the clean score maps: 0 = plain argmax
 
@@ -149,10 +158,25 @@ class GlobalCueInjection(nn.Module):
         """shallow (B, S, h, w), deep (B, W, h, w) → (B, W, h, w), W = `channels`."""
         x = self.fc_skip(shallow)
         if self.inject:
-            cues = self.fc_deep(deep).flatten(2).amax(-1)  # (B, 512)
-            gamma, beta = cues[:, : x.shape[1], None, None], cues[:, x.shape[1]:, None, None]
-            x = x * (gamma + 1.0) + beta
+            x = adin(x, self.fc_deep(deep).flatten(2).amax(-1))
         return self.fc_cls(F.relu(x))
+
+
+def adin(x: Tensor, cues: Tensor) -> Tensor:
+    """GCI's adaptive instance step (`models/mods/gci.py GCI._adin_conv`): x·(γ + 1) + β.
+
+    Args:
+        x: (B, C, h, w) normalised shallow features.
+        cues: (B, 2C) global cues, γ = the first C, β = the last C.
+
+    Returns:
+        (B, C, h, w).
+    """
+    channels = x.shape[1]
+    if cues.shape[1] != 2 * channels:
+        raise ValueError(f"cues must have 2 × {channels} channels, got {cues.shape[1]}")
+    gamma, beta = cues[:, :channels, None, None], cues[:, channels:, None, None]
+    return x * (gamma + 1.0) + beta
 
 
 def stochastic_gate(deep: Tensor, shallow: Tensor, *, psi: float, training: bool,
@@ -260,59 +284,6 @@ class OneStageNet(nn.Module):
         return {"logits": logits, "masks": masks, "cls": scores[:, 1:]}
 
 
-# Inference ------------------------------------------------------------------------------------
-
-
-def merge_views(model: nn.Module, image: np.ndarray, *, scales: Sequence[float], flip: bool,
-                device: torch.device) -> tuple[Tensor, Tensor]:
-    """Multi-scale (+ flip) test of `infer_val.py` without the 1024 padding.
-
-    Per scale the PIL-bicubic rescaled image (and its flip) runs through the model; each view's
-    softmax masks go to the view size (bilinear, align_corners True, as the model output) and
-    then to (H, W) (align_corners False), flipped views are unflipped, and all views are averaged.
-
-    Args:
-        model: a `OneStageNet` in eval mode.
-        image: uint8 (H, W, 3).
-
-    Returns:
-        probs (C+1, H, W) float32, the view average (absent classes not yet removed), and
-        scores (C,) = max over views of sigmoid(class score).
-    """
-    height, width = image.shape[:2]
-    total, count, scores = None, 0, None
-    for scale in scales:
-        x = scaled_views(image, scale, flip=flip).to(device)
-        out = model(x)
-        masks = F.interpolate(out["masks"].float(), size=x.shape[-2:], mode="bilinear",
-                              align_corners=True)
-        masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
-        if flip:
-            masks = torch.cat([masks[:1], masks[1:].flip(-1)], dim=0)
-        view_sum = masks.sum(0)
-        total = view_sum if total is None else total + view_sum
-        count += masks.shape[0]
-        view_scores = torch.sigmoid(out["cls"].float()).amax(0)
-        scores = view_scores if scores is None else torch.maximum(scores, view_scores)
-    return total / count, scores
-
-
-def finalize_probs(probs: Tensor, present: Tensor, *, bg_power: float) -> Tensor:
-    """Zero absent foreground channels and raise background to `bg_power`.
-
-    Args:
-        probs: (C+1, H, W) view-averaged softmax.
-        present: (C,) bool, classes kept.
-
-    Returns:
-        (C+1, H, W) scores in [0, 1] (not renormalised, as in the code).
-    """
-    keep = torch.cat([present.new_ones(1), present]).to(probs.dtype)
-    out = probs * keep[:, None, None]
-    out[0] = out[0].pow(bg_power)
-    return out
-
-
 # Method ---------------------------------------------------------------------------------------
 
 # Parameters frozen when a backbone starts from pretrained weights (single_stage.md §2 and the
@@ -331,20 +302,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @METHODS.register("one_stage")
 class OneStage(Method):
-    """Stages: data → train → make_masks → eval_masks, eval_masks_clean (+ the CRF pair) →
-    eval_cam (threshold sweep over the clean score maps)."""
+    """Stages: data → train → make_masks → eval_masks (+ eval_crf), eval_masks_predicted
+    (+ eval_crf_predicted) unless `use_gt_labels` → eval_cam (threshold sweep over the clean
+    score maps)."""
 
     name = "one_stage"
     config_cls = OneStageConfig
-    pseudo_mask_stage = "make_masks/masks_clean"  # what the final segnet trains on (1-Stage §4.3)
+    pseudo_mask_stage = "make_masks"  # masks/ (image labels): what the final segnet trains on
     train_keys = ("method.name", "method.gate", "method.psi", "method.gci",
                   "method.aspp_dilations", "method.head_channels", "method.focal", "method.focal_p",
                   "method.focal_lambda", "method.pamr", "method.pamr_iter",
                   "method.pamr_dilations", "method.pamr_kernel", "method.fg_cutoff",
                   "method.bg_cutoff", "method.cutoff_floor", "method.seg_weight",
                   "method.pretrain_epochs", "method.freeze_pretrained", "method.bias_lr_mult")
-    cam_keys = ("method.test_scales", "method.test_flip", "method.bg_power", "method.fp_cut",
-                "method.use_gt_labels", "method.crf")
+    cam_keys = ("method.test_scales", "method.test_flip", "method.test_pad_size",
+                "method.bg_power", "method.fp_cut", "method.use_gt_labels", "method.crf")
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -428,8 +400,9 @@ class OneStage(Method):
     def predict(self, model: nn.Module, image: np.ndarray) -> tuple[Tensor, Tensor]:
         """Multi-scale + flip view average (C+1, H, W) and class confidences (C,)."""
         device = next(model.parameters()).device
-        return merge_views(model, image, scales=list(self.mcfg.test_scales),
-                           flip=self.mcfg.test_flip, device=device)
+        c = self.mcfg
+        return merge_views(model, image, scales=list(c.test_scales), flip=c.test_flip,
+                           pad_size=c.test_pad_size, device=device)
 
     def infer_cams(self, model: nn.Module, image: np.ndarray, labels: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -460,9 +433,13 @@ class OneStage(Method):
                 with torch.inference_mode():
                     merged, scores = self.predict(model, image)
                 merged, scores = merged.cpu(), scores.cpu()
-                chosen = gt if c.use_gt_labels else scores > c.fp_cut
-                variants = {"": finalize_probs(merged, chosen, bg_power=c.bg_power),
-                            "_clean": finalize_probs(merged, gt, bg_power=c.bg_power)}
+                # The pseudo-masks keep the image labels' classes (every method conditions on
+                # the known labels of the split it labels); `_predicted` keeps the classes the
+                # network finds (the FP cut: unlabelled images, the val protocol).
+                variants = {"": finalize_probs(merged, gt, bg_power=c.bg_power)}
+                if not c.use_gt_labels:
+                    variants["_predicted"] = finalize_probs(merged, scores > c.fp_cut,
+                                                            bg_power=c.bg_power)
                 for suffix, probs in variants.items():
                     save_mask(out / f"masks{suffix}" / f"{item}.png",
                               probs.argmax(0).numpy().astype(np.uint8))
@@ -471,7 +448,7 @@ class OneStage(Method):
                         save_mask(out / f"crf{suffix}" / f"{item}.png",
                                   post.argmax(0).astype(np.uint8))
                 keys = np.concatenate([[0], np.flatnonzero(gt.numpy()) + 1]).astype(np.int64)
-                clean = variants["_clean"][torch.as_tensor(keys)].clamp(0.0, 1.0)
+                clean = variants[""][torch.as_tensor(keys)].clamp(0.0, 1.0)
                 save_cams(out / "cams" / f"{item}.npz", clean.numpy(), keys,  # written last
                           dtype=ctx.cfg.pipeline.cam_dtype)
 
@@ -481,7 +458,7 @@ class OneStage(Method):
         return Stage(name, run, needs=(train_stage,),
                      depends_on=("data.infer_split", "data.root", "pipeline.cam_dtype")
                      + self.cam_keys,
-                     description="multi-scale + flip masks (predicted / image labels, ±CRF)")
+                     description="multi-scale + flip masks (image labels / predicted, ±CRF)")
 
     def stages(self) -> list[Stage]:
         stages = [
@@ -491,10 +468,14 @@ class OneStage(Method):
                              "(classification-only warm-up, then + self-supervised segmentation)"),
             self.make_masks_stage("make_masks", "train"),
             self.eval_masks_stage("eval_masks", "make_masks"),
-            self.eval_masks_stage("eval_masks_clean", "make_masks", subdir="masks_clean"),
         ]
         if self.mcfg.crf:
-            stages += [self.eval_masks_stage("eval_crf", "make_masks", subdir="crf"),
-                       self.eval_masks_stage("eval_crf_clean", "make_masks", subdir="crf_clean")]
+            stages.append(self.eval_masks_stage("eval_crf", "make_masks", subdir="crf"))
+        if not self.mcfg.use_gt_labels:
+            stages.append(self.eval_masks_stage("eval_masks_predicted", "make_masks",
+                                                subdir="masks_predicted"))
+            if self.mcfg.crf:
+                stages.append(self.eval_masks_stage("eval_crf_predicted", "make_masks",
+                                                    subdir="crf_predicted"))
         stages.append(self.eval_cam_stage("eval_cam", "make_masks"))
         return stages

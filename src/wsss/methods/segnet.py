@@ -188,7 +188,7 @@ def segnet_checkpoint_meta(cfg: RunConfig, method_name: str, source_stage: str,
 def pseudo_mask_source(method: Any) -> tuple[str, str]:
     """(stage, folder) of the pseudo-masks the network trains on: `segnet.pseudo_mask_stage`,
     else the method's `pseudo_mask_stage`; "stage" reads `<stage>/masks`, "stage/folder" reads
-    `<stage>/<folder>` (e.g. 1-Stage's "make_masks/masks_clean")."""
+    `<stage>/<folder>` (e.g. 1-Stage's "make_masks/masks_predicted")."""
     name = method.cfg.segnet.pseudo_mask_stage or getattr(method, "pseudo_mask_stage", "")
     if not name:
         raise ValueError(f"segnet.enabled: method {method.name} names no pseudo-mask stage; set "
