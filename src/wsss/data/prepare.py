@@ -29,7 +29,7 @@ def ensure_synthetic(cfg: DataConfig, *, generate: bool = True) -> None:
         DataError: the root holds a synthetic set made with other generator parameters, or it
             holds no data and `generate` is false.
     """
-    from wsss.data.synthetic import generate
+    from wsss.data.synthetic import generate as generate_synthetic
 
     root = Path(cfg.root)
     s = cfg.synthetic
@@ -55,7 +55,7 @@ def ensure_synthetic(cfg: DataConfig, *, generate: bool = True) -> None:
             f"{root}` (or --set pipeline.generate_data=true)"
         )
     log.info("generating synthetic data at %s (%s)", root, wanted)
-    generate(root, **wanted)
+    generate_synthetic(root, **wanted)
 
 
 def _interrupted_generation(root: Path) -> bool:
