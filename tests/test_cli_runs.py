@@ -100,6 +100,49 @@ def test_image_level_labels_only_run_end_to_end(image_level_root: Path, tmp_path
     assert "no ground-truth masks" in html
 
 
+TINY_CAM = ("train.epochs=1", "train.batch_size=8", "train.crop_size=48",
+            "train.resize_long=[40,56]", "eval.plots=false", "pipeline.report=false")
+METHOD_RUNS = {
+    "amn": ("synthetic/amn", ["method.amn_cam_scales=[1.0]", "method.amn_train.epochs=1",
+                              "method.amn_train.batch_size=8", "method.amn_train.crop_size=48",
+                              "method.irn.train.epochs=1", "method.irn.train.batch_size=8",
+                              "method.irn.train.crop_size=48", "method.irn.train_radius=5",
+                              "method.irn.num_steps=16"]),
+    "affinitynet": (str(SMOKE), ["method.name=affinitynet",
+                                 "method.affinitynet.backbone_weights=cam",
+                                 "method.affinitynet.train.epochs=1",
+                                 "method.affinitynet.train.batch_size=8",
+                                 "method.affinitynet.train.crop_size=48",
+                                 "method.affinitynet.num_steps=8"]),
+    "one_stage": ("synthetic/one_stage", ["method.pretrain_epochs=1", "method.crf=false"]),
+    "icam": ("synthetic/icam", ["train.batch_size=4"]),
+    "auxsegnet": ("synthetic/auxsegnet", ["method.saliency_dir={synthetic_root}/SaliencyMaps",
+                                          "method.num_rounds=1", "method.round_train.epochs=1",
+                                          "method.round_train.batch_size=8",
+                                          "method.round_train.crop_size=48",
+                                          "method.head_channels=16"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(METHOD_RUNS))
+def test_every_method_runs_on_image_level_labels(name: str, image_level_root: Path,
+                                                 synthetic_root: Path, tmp_path: Path,
+                                                 capsys) -> None:
+    preset, extra = METHOD_RUNS[name]
+    cam_scales = [] if name == "one_stage" else ["method.cam_scales=[1.0]"]
+    sets = [f"data.root={image_level_root}", *cam_scales, *TINY_CAM,
+            *(item.format(synthetic_root=synthetic_root) for item in extra)]
+    assert main(run_argv(tmp_path / "runs", *sets, preset=preset)) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    run = next((tmp_path / "runs").iterdir())
+    plan = read_plan(run)
+    scoring = [s for s in plan["stages"] if s.startswith("eval_")]
+    assert scoring and set(plan["current"]) == set(plan["stages"]) - set(scoring)
+    for stage in scoring:
+        assert f"stage {stage:<14} skipped: split" in err
+
+
 # 2 -------------------------------------------------------------------------------------------
 def test_mistyped_root_is_an_error_not_generated_data(tmp_path: Path, capsys) -> None:
     typo = tmp_path / "dtaa"

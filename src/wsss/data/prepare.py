@@ -48,7 +48,8 @@ def ensure_synthetic(cfg: DataConfig, *, generate: bool = True) -> None:
     if root.is_dir() and any(root.iterdir()) and not _interrupted_generation(root):
         return  # a user's own VOC-layout data under a synthetic preset
     if not generate:
-        state = "is empty" if root.is_dir() else "does not exist"
+        state = ("does not exist" if not root.is_dir() else "is empty" if not any(root.iterdir())
+                 else "holds an unfinished synthetic set (no meta.json)")
         raise DataError(
             f"data.root: {root} {state}; synthetic data is generated only at the root a preset "
             f"names. Check the path, or create a synthetic set there with `wsss synth --out "
