@@ -200,6 +200,13 @@ def test_results_of_stages_made_from_older_inputs_are_not_shown(synthetic_root: 
     html = write_report(workdir / "smoke").read_text()
     assert "stale: outside the plan or older inputs" in html
     assert ">eval_seeds</td><td>" not in html.split('id="results"')[1].split("</section>")[0]
+    # A stage taken out of the plan: its old scores are not shown either.
+    assert main(run_argv(workdir, *base, "method.seed_fg_threshold=0.5",
+                         "pipeline.stages=[data,train_cam,make_cam]")) == 0
+    table = capsys.readouterr().out.split("\n\n")[0]
+    assert "eval_cam" not in table.replace("made from older inputs): eval_cam", "")
+    assert table.endswith("not shown (outside this run's plan, or made from older inputs): "
+                          "eval_cam, eval_seeds")
 
 
 # 4 -------------------------------------------------------------------------------------------
