@@ -155,6 +155,9 @@ def run_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[None]:
                 ) from None
             logging.getLogger("wsss").info("waiting for the run holding %s (%s)", run_dir, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks (ENOLCK): run, but say so
+            logging.getLogger("wsss").warning("cannot lock %s (%s); make sure no other run uses "
+                                              "this run directory", path, exc.strerror or exc)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                   .encode(), 0)
