@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,39 +46,50 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from wsss.config import load_config
+    from wsss.config import find_preset, load_config
+    from wsss.pipeline.artifacts import run_lock
     from wsss.pipeline.report import classifier_lines, results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
-    cfg = load_config(args.config, _run_overrides(args))
-    result = run_pipeline(cfg, start=args.start, until=args.until, only=args.only or (),
-                          force=args.force or ())
+    cfg = load_config(find_preset(args.config), _run_overrides(args))
     from wsss.engine import distributed as dist
 
-    if dist.is_main():
-        print(results_table(result.run_dir))
-        for line in classifier_lines(result.run_dir):
-            print(line)
-        print()
-        print(format_resources(result.outcomes))
-        print(f"\nrun directory: {result.run_dir}")
-        if cfg.pipeline.report:
-            from wsss.report import write_report
+    # One process holds the run directory's lock over the run and the report; under torchrun
+    # the runner takes it on rank 0 (and tells the other ranks when it cannot).
+    single = os.environ.get("WORLD_SIZE", "1") == "1"
+    run_dir = Path(cfg.pipeline.workdir) / cfg.pipeline.name
+    with run_lock(run_dir, wait=args.wait) if single else contextlib.nullcontext():
+        result = run_pipeline(cfg, start=args.start, until=args.until, only=args.only or (),
+                              force=args.force or (), wait=args.wait)
+        if dist.is_main():
+            with run_lock(result.run_dir, wait=args.wait):  # no other run rewrites it meanwhile
+                print(results_table(result.run_dir))
+                for line in classifier_lines(result.run_dir):
+                    print(line)
+                print()
+                print(format_resources(result.outcomes))
+                print(f"\nrun directory: {result.run_dir}")
+                if cfg.pipeline.report:
+                    from wsss.report import write_report
 
-            print(f"report: {write_report(result.run_dir)}")
+                    print(f"report: {write_report(result.run_dir)}")
     return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from wsss.config import load_config
+    from wsss.config import find_preset, load_config
     from wsss.engine import distributed as dist
+    from wsss.pipeline.artifacts import run_lock
     from wsss.pipeline.runner import format_resources, run_pipeline
 
-    cfg = load_config(args.config or str(PRETRAIN_PRESET), _run_overrides(args))
+    cfg = load_config(find_preset(args.config or PRETRAIN_PRESET), _run_overrides(args))
     if cfg.method.name != "pretrain":
         raise ValueError(f"{args.config}: method.name is {cfg.method.name!r}; "
                          "`wsss pretrain` runs a preset of the `pretrain` method")
-    result = run_pipeline(cfg)
+    single = os.environ.get("WORLD_SIZE", "1") == "1"
+    with run_lock(Path(cfg.pipeline.workdir) / cfg.pipeline.name) if single \
+            else contextlib.nullcontext():
+        result = run_pipeline(cfg)
     if not dist.is_main():
         return 0
     scores = result.summary("eval_pretrain")
@@ -90,7 +103,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
         command = " ".join(["wsss pretrain", *(f"--set {s}" for s in args.set or [])])
         target = install_weights(Path(export["file"]), cfg.model.backbone, {
-            "command": command, "preset": "configs/pretrain/synthetic.yaml",
+            "command": command, "preset": args.config or PRETRAIN_PRESET,
             "held_out_scores": scores, "seed": cfg.pipeline.seed,
         })
         print(f"installed: {target} (model.pretrained: synthetic)")
@@ -98,7 +111,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 # The preset `wsss pretrain` runs when no config is given (the shipped weights' recipe).
-PRETRAIN_PRESET = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "synthetic.yaml"
+PRETRAIN_PRESET = "pretrain/synthetic"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -165,9 +178,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("methods:   " + ", ".join(METHODS.names()))
     print("backbones: " + ", ".join(BACKBONES.names()))
     print("datasets:  " + ", ".join(DATASETS.names()))
-    presets = sorted(str(p) for p in Path("configs").glob("**/*.yaml")) if Path("configs").is_dir() else []
+    from wsss.config import list_presets
+
+    presets = list_presets()
     if presets:
-        print("presets:   " + ", ".join(presets))
+        print("presets:   " + ", ".join(presets) + "  (wsss run NAME)")
     for name in METHODS.names():
         stages = build_method(load_config(None, [f"method.name={name}"])).stages()
         print(f"stages of {name}: " + " → ".join(s.name for s in stages))
@@ -267,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a config's pipeline (skips finished stages, resumes)")
-    p.add_argument("config", help="YAML preset, e.g. configs/synthetic/demo.yaml")
+    p.add_argument("config", help="a preset name as `wsss list` shows it (synthetic/demo) or a "
+                                  "YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
@@ -278,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="process pool for CPU-bound per-image work")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic torch kernels (pipeline.deterministic)")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run holds the run directory, wait for it (default: stop)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on the procedural corpus "
@@ -356,15 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     from wsss.engine.checkpoint import CheckpointError
     from wsss.engine.trainer import TrainingError
     from wsss.io import DataError
-    from wsss.pipeline.artifacts import ManifestError
+    from wsss.pipeline.artifacts import ManifestError, PipelineError, RunInterrupted
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ManifestError, TrainingError, OSError,
-            ValueError, KeyError) as exc:
+    except (ConfigError, DataError, CheckpointError, ManifestError, PipelineError,
+            TrainingError, OSError, ValueError, KeyError) as exc:
         _close_progress_bars()
         print(f"wsss: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        _close_progress_bars()
+        message = str(exc) if isinstance(exc, RunInterrupted) else (
+            "interrupted; rerun the same command to go on (finished work is kept)")
+        print(f"\nwsss: {message}", file=sys.stderr)
+        return 130
 
 
 def _close_progress_bars() -> None:

@@ -183,6 +183,11 @@ class PipelineConfig:
     # two always). Outside every fingerprint.
     view_streams: bool = True
     stages: list[str] | None = None  # None: all stages of the method
+    # A synthetic data set may be generated at data.root when it holds no data. null (the
+    # default) becomes true when data.root is the one a preset (or the default config) names,
+    # false when it was given on the command line (a mistyped root must not train on generated
+    # data). Outside every fingerprint.
+    generate_data: bool | None = None
     # Logging and reports live here, outside every stage fingerprint, so switching them never
     # reruns a stage.
     tensorboard: bool = True  # event files under <run>/tensorboard/<stage> (rank 0)
@@ -205,8 +210,86 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a preset and its (single) base, returning one merged plain dict."""
+# Config keys holding file-system paths: made absolute once, when the config is loaded.
+PATH_KEYS = ("data.root", "pipeline.workdir", "model.pretrained", "segnet.pretrained")
+# Values of the `pretrained` keys that are not paths.
+_NOT_PATHS = {"", "none", "imagenet", "synthetic"}
+
+
+def presets_dir() -> Path:
+    """The folder of the shipped presets (`configs/` of the repository, also installed as
+    package data under `wsss/configs`)."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "configs"
+    return shipped if shipped.is_dir() else here.parents[1] / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets, e.g. "synthetic/demo" (what `wsss run NAME` accepts)."""
+    root = presets_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob("**/*.yaml"))
+
+
+def find_preset(name: str | Path) -> Path:
+    """A preset file: `name` itself when it is a file, else the shipped preset of that name
+    ("synthetic/demo", with or without ".yaml", also "configs/synthetic/demo.yaml").
+
+    Raises:
+        ConfigError: neither exists; the message lists close preset names.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    key = path.as_posix().removesuffix(".yaml")
+    key = key.removeprefix("configs/")
+    candidate = presets_dir() / f"{key}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = list_presets()
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else (
+        f"; presets: {', '.join(names)}" if names else "")
+    raise ConfigError(f"config file not found: {name} (neither a file nor a preset name){hint}")
+
+
+def preset_anchor(path: Path) -> Path:
+    """The folder that relative paths written in the preset `path` resolve against.
+
+    A preset inside a `configs/` folder resolves against that folder's parent (the repository
+    root for the shipped presets, so `wsss run synthetic/demo` finds and generates its data at
+    the same place from any directory); other presets against their own folder. Presets
+    installed inside the package (no repository) resolve against the current directory.
+    """
+    path = path.resolve()
+    for parent in path.parents:
+        if parent.name == "configs":
+            anchor = parent.parent
+            return Path.cwd() if anchor == Path(__file__).resolve().parent else anchor
+    return path.parent
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or value.strip().lower() in _NOT_PATHS:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _absolute_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the `PATH_KEYS` present in the nested dict `data` absolute against `base`."""
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        node = data.get(section)
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _absolute(node[leaf], base)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), base_dir: Path | None = None
+               ) -> dict[str, Any]:
+    """Read a preset and its (single) base, returning one merged plain dict with its paths
+    absolute (against `base_dir`, default each file's `preset_anchor`)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: base presets form a cycle")
@@ -219,11 +302,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("base", None)
+    _absolute_paths(data, base_dir or preset_anchor(path))
     if base is None:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' names one preset file")
-    merged = _read_yaml((path.parent / base), seen + (path,))
+    merged = _read_yaml((path.parent / base), seen + (path,), base_dir)
     return _deep_update(merged, data)
 
 
@@ -271,14 +355,21 @@ def _method_schema(name: str) -> Any:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+    base_dir: str | Path | None = None,
 ) -> RunConfig:
     """Build a `RunConfig` from defaults, an optional YAML preset and `key=value` overrides.
+
+    Paths (`PATH_KEYS`) come out absolute: relative ones written in a preset resolve against
+    its `preset_anchor` (or `base_dir` when given), those of the overrides and the defaults
+    against the current directory. `pipeline.generate_data` left null becomes false when the
+    overrides set `data.root`, else true.
 
     Raises:
         ConfigError: unknown key, wrong type or unreadable preset; the message names the key.
     """
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = _read_yaml(Path(path), base_dir=Path(base_dir) if base_dir else None) \
+        if path is not None else {}
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
@@ -301,6 +392,14 @@ def load_config(
     if cfg.pipeline.cam_dtype not in ("float32", "float16"):
         raise ConfigError("invalid value for config key 'pipeline.cam_dtype': "
                           f"{cfg.pipeline.cam_dtype!r} (float32 | float16)")
+    cwd = Path.cwd()
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        node = getattr(cfg, section)
+        setattr(node, leaf, _absolute(getattr(node, leaf), cwd))
+    if cfg.pipeline.generate_data is None:
+        given = {item.split("=", 1)[0].strip() for item in overrides}
+        cfg.pipeline.generate_data = not ({"data.root", "data"} & given)
     return cfg
 
 

@@ -192,7 +192,7 @@ def test_synthetic_pipeline_reports_contour_f(tmp_path) -> None:
 
     cfg = load_config("configs/synthetic/icam.yaml", [
         f"data.root={tmp_path / 'data'}", f"pipeline.workdir={tmp_path / 'runs'}",
-        "data.synthetic.num_train=12", "data.synthetic.num_val=2", "train.epochs=1",
+        "pipeline.generate_data=true", "data.synthetic.num_train=12", "data.synthetic.num_val=2", "train.epochs=1",
         "train.batch_size=4", "method.cam_scales=[1.0]", "pipeline.tensorboard=false",
         "pipeline.report=false", "eval.plots=false"])
     result = run_pipeline(cfg)

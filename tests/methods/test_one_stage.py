@@ -222,7 +222,8 @@ def test_pipeline_end_to_end(tmp_path) -> None:
     from wsss.pipeline.runner import run_pipeline
 
     cfg = load_config("configs/synthetic/one_stage.yaml", [
-        f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=16",
+        f"data.root={tmp_path / 'data'}", "pipeline.generate_data=true",
+        "data.synthetic.num_train=16",
         "data.synthetic.num_val=4", "data.synthetic.image_size=48", "train.epochs=2",
         "train.batch_size=8", "train.crop_size=48", "train.select_epochs=[1,2]",
         "method.pretrain_epochs=1", "method.crf=false", "eval.plots=false",

@@ -41,7 +41,7 @@ SEGNET_OVERRIDES = [
     "segnet.batch_size=4", "segnet.crop_size=48", "segnet.checkpoint_every=2",
     "segnet.crf=false",
 ]
-NOT_COMPARED = {"stages.json"}
+NOT_COMPARED = {"stages.json", ".lock"}  # .lock: the pid and start time of the run holding it
 # Manifest fields that differ between any two runs: a fresh completion id (so the fingerprints
 # built on it), timings, and how many items this particular process computed.
 VOLATILE_MANIFEST = {"completion", "fingerprint", "upstream", "resources", "finished_at",
@@ -238,7 +238,8 @@ def test_a_dozen_kills_across_every_stage(tmp_path: Path) -> None:
     and every per-image stage are each interrupted at least once."""
     stages = ["data", "train_cam", "make_cam", "eval_cam", "make_seeds", "eval_seeds",
               "train_segnet", "predict_val", "eval_val"]
-    base = [f"data.root={tmp_path / 'data'}", *RUN_OVERRIDES, *SEGNET_OVERRIDES]
+    base = [f"data.root={tmp_path / 'data'}", "pipeline.generate_data=true", *RUN_OVERRIDES,
+            *SEGNET_OVERRIDES]
     # The first kill lands in the data generation (its 5th write, a split list); the others
     # are seeded-random, about 12 writes apart (a run makes about 170 writes).
     rng = random.Random(10)

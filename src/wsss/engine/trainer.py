@@ -388,9 +388,12 @@ class Trainer:
         values = {}
         for name, number in zip(terms, stacked.tolist(), strict=True):
             if not math.isfinite(number):
+                saved = (f"the last good checkpoint is {self.last_path}"
+                         if self.last_path.is_file() else
+                         "no checkpoint was saved before it (a rerun starts the stage afresh)")
                 raise TrainingError(
                     f"non-finite loss term '{name}' = {number} at epoch {self.epoch + 1}, "
-                    f"step {self.global_step + 1}; the last good checkpoint is {self.last_path}"
+                    f"step {self.global_step + 1}; {saved}"
                 )
             values[name] = number
         loss = sum(terms.values())

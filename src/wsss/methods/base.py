@@ -148,7 +148,8 @@ class Method(abc.ABC):
             from wsss.data.prepare import prepare_data
 
             # Rank 0 generates and validates; the others wait for its summary.
-            summary = prepare_data(ctx.cfg.data) if dist.is_main() else None
+            generate = ctx.cfg.pipeline.generate_data is not False
+            summary = prepare_data(ctx.cfg.data, generate=generate) if dist.is_main() else None
             return dist.broadcast_object(summary)
 
         return Stage("data", run, depends_on=DATA_KEYS,
@@ -242,7 +243,8 @@ class Method(abc.ABC):
 
         return Stage(name, run, needs=(cam_stage,),
                      depends_on=("data.eval_split", f"method.{threshold_key}", "eval"),
-                     description="CAM mIoU at the fixed threshold and over a threshold sweep")
+                     description="CAM mIoU at the fixed threshold and over a threshold sweep",
+                     ground_truth="data.eval_split")
 
     def make_seeds_stage(self, name: str = "make_seeds", cam_stage: str = "make_cam",
                          fg_key: str = "seed_fg_threshold", bg_key: str = "seed_bg_threshold"
@@ -280,7 +282,8 @@ class Method(abc.ABC):
             return _headline(result)
 
         return Stage(name, run, needs=(mask_stage,), depends_on=(f"data.{split_key}", "eval"),
-                     description=f"score {mask_stage} masks against ground truth")
+                     description=f"score {mask_stage} masks against ground truth",
+                     ground_truth=f"data.{split_key}")
 
 
 def _score_classifier(method: Method, ctx: StageContext, train_stage: str) -> dict[str, Any]:

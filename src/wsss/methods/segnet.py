@@ -305,7 +305,8 @@ def eval_val_stage(name: str = "eval_val", predict_stage: str = "predict_val") -
         return summary
 
     return Stage(name, run, needs=(predict_stage,), depends_on=("data.val_split", "eval"),
-                 description="per-class IoU on val, with and without CRF")
+                 description="per-class IoU on val, with and without CRF",
+                 ground_truth="data.val_split")
 
 
 def per_class_table(results: dict[str, dict[str, Any]], class_names: list[str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsss.pipeline.artifacts import read_manifest
+from wsss.pipeline.artifacts import current_stages, read_manifest
 
 
 def _pct(value: Any) -> str:
@@ -16,13 +16,21 @@ def results_table(run_dir: str | Path) -> str:
     """One row per scored output of the run: mIoU, precision, recall, coverage, contour F.
 
     Every row names its split and whether its threshold was fixed in advance or chosen with
-    ground truth (oracle).
+    ground truth (oracle). Stages outside the run's last plan, or made from inputs that have
+    changed since, are left out and named below the table.
     """
     run_dir = Path(run_dir)
     header = (f"{'result':<34}{'split':<10}{'threshold':<18}{'mIoU':>7}{'prec':>7}{'rec':>7}"
               f"{'cover':>7}{'cF':>7}")
     rows = [header, "-" * len(header)]
-    for stage_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+    names = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+    current, stale = current_stages(run_dir, names)
+    stale_scored = []
+    for name in stale:
+        manifest = read_manifest(run_dir / name)
+        if manifest and "miou" in manifest.get("summary", {}):
+            stale_scored.append(name)
+    for stage_dir in (run_dir / name for name in current):
         manifest = read_manifest(stage_dir)
         if not manifest:
             continue
@@ -42,6 +50,9 @@ def results_table(run_dir: str | Path) -> str:
                         f"{_pct(s['miou']):>7}{_pct(s.get('precision')):>7}"
                         f"{_pct(s.get('recall')):>7}{_pct(s.get('coverage')):>7}"
                         f"{_pct(s.get('contour_f')):>7}")
+    if stale_scored:
+        rows.append(f"not shown (outside this run's plan, or made from older inputs): "
+                    f"{', '.join(stale_scored)}")
     return "\n".join(rows)
 
 

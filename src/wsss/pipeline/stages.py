@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class Stage:
         run: called with a `StageContext`; returns a JSON-ready summary stored in the manifest.
         needs: names of stages whose outputs this one reads.
         depends_on: dotted config keys whose values form this stage's fingerprint.
+        ground_truth: the config key of the split whose ground-truth masks the stage scores
+            against (e.g. "data.eval_split"); the runner skips the stage, saying why, when that
+            split has no masks. "" for stages that need no ground truth.
     """
 
     name: str
@@ -35,6 +39,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
     description: str = ""
+    ground_truth: str = ""
 
 
 @dataclass
@@ -81,9 +86,16 @@ def per_image(
         log.info("%s: %d of %d items already done, resuming", desc, len(mine) - len(todo), len(mine))
     bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not dist.is_main())
     if workers > 1 and pool_work is not None and pool_args is not None and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+        try:
             for _ in pool.map(pool_work, (pool_args(n) for n in todo), chunksize=4):
                 bar.update()
+        except BaseException:
+            # Ctrl-C or a failed item: let the running items finish (their writes are atomic)
+            # and drop the queued ones, instead of computing the whole rest of the split.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for name in todo:
             work(name)
@@ -91,6 +103,12 @@ def per_image(
     bar.close()
     dist.barrier()
     return len(todo)
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the main process, which stops the pool and says how to
+    resume (each worker would otherwise print its own KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def select_stages(

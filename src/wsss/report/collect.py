@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss.pipeline.artifacts import read_manifest
+from wsss.pipeline.artifacts import current_stages, read_manifest
 
 log = logging.getLogger("wsss")
 
@@ -86,6 +86,9 @@ class RunInfo:
     metrics: dict[str, dict[str, Any]]
     descriptions: dict[str, str] = field(default_factory=dict)
     outcomes: list[dict[str, Any]] = field(default_factory=list)  # stages.json (last invocation)
+    # Stage folders with a manifest that are outside the run's last plan or were made from
+    # inputs that have changed since; left out of `stages` (and so of every result).
+    stale: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -203,8 +206,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     config_text = config_path.read_text()
     cfg, error = None, None
-    try:
-        cfg = load_config(config_path)
+    try:  # paths are absolute since wsss records them so; older runs resolved against the cwd
+        cfg = load_config(config_path, base_dir=Path.cwd())
     except (ConfigError, ValueError, KeyError) as exc:
         error = str(exc)
     manifests = {}
@@ -212,7 +215,10 @@ def read_run(run_dir: str | Path) -> RunInfo:
         manifest = read_manifest(path)
         if manifest is not None:
             manifests[path.name] = manifest
-    stages, descriptions = _stage_order(run_dir, cfg, list(manifests))
+    current, stale = current_stages(run_dir, list(manifests))
+    stages, descriptions = _stage_order(run_dir, cfg, current)
+    stale = _stage_order(run_dir, cfg, stale)[0]
+    manifests = {name: manifests[name] for name in stages + stale}
     metrics = {}
     for stage in stages:
         path = run_dir / stage / "metrics.json"
@@ -225,4 +231,4 @@ def read_run(run_dir: str | Path) -> RunInfo:
         outcomes = json.loads((run_dir / "stages.json").read_text())
     return RunInfo(run_dir=run_dir, config_text=config_text, cfg=cfg, config_error=error,
                    stages=stages, manifests=manifests, metrics=metrics,
-                   descriptions=descriptions, outcomes=outcomes)
+                   descriptions=descriptions, outcomes=outcomes, stale=stale)

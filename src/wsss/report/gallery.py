@@ -2,9 +2,10 @@
 
 Columns are found generically (`RunInfo.output_folders`): every folder of CAM files gives a
 heat-map column and every folder of PNG masks a mask column, for each split (eval, then val) that
-has ground truth and outputs. Rows are ordered by the per-image mIoU of the split's last mask
-folder (lowest first; images without labelled pixels last); pixels a mask leaves at 255 are
-abstained, not errors.
+has outputs. Rows are ordered by the per-image mIoU of the split's last mask folder (lowest first;
+images without labelled pixels last); pixels a mask leaves at 255 are abstained, not errors. A
+split without ground-truth masks (image-level labels only) has no ground-truth column and keeps
+the data set order; its captions name the image-level labels.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Gallery:
     num_ranked: int = 0  # images scored for the order (all of them, up to MAX_SCORED)
     class_names: list[str] = field(default_factory=list)  # background first
     class_indices: set[int] = field(default_factory=set)  # classes visible in the panels
+    ground_truth: bool = True  # the split has masks (a ground-truth column, rows ranked)
 
 
 def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float | None:
@@ -104,9 +106,6 @@ def build_galleries(info: RunInfo, out_dir: Path, *, max_images: int = 24
         except (DataError, FileNotFoundError, ValueError) as exc:
             notes.append(f"split {split}: data unavailable ({exc})")
             continue
-        if not dataset.has_masks:
-            notes.append(f"split {split}: no ground truth, no gallery")
-            continue
         index = {n: i for i, n in enumerate(dataset.names)}
         here = [o for o in outputs if stems[o] & index.keys()]
         if not here:
@@ -130,9 +129,10 @@ def _build_one(info: RunInfo, dataset: Any, split: str, index: dict[str, int],
         columns += [GalleryColumn(f"{kind[:-1]}-{o.label.replace('/', '-')}",
                                   f"{title} · {o.label}", kind, o)
                     for o in here if o.kind == kind]
-    columns.append(GalleryColumn("gt", "ground truth", "gt"))
+    if dataset.has_masks:
+        columns.append(GalleryColumn("gt", "ground truth", "gt"))
     masks_here = [o for o in here if o.kind == "masks"]
-    order = masks_here[-1] if masks_here else None
+    order = masks_here[-1] if masks_here and dataset.has_masks else None
     covered = set().union(*(stems[o] for o in here)) & index.keys()
     names = [n for n in dataset.names if n in covered]
     num_images = len(names)
@@ -151,16 +151,20 @@ def _build_one(info: RunInfo, dataset: Any, split: str, index: dict[str, int],
     chosen = names[:max_images]
     gallery = Gallery(split=split, order_stage=order.label if order else None, columns=columns,
                       rows=[], num_images=num_images, num_ranked=len(names),
-                      class_names=list(dataset.class_names))
+                      class_names=list(dataset.class_names), ground_truth=dataset.has_masks)
     folder = Path("gallery") / split
     for position, name in enumerate(chosen):
         i = index[name]
         image = dataset.load_image(i)
+        panels: dict[str, np.ndarray] = {"image": image}
         gt = dataset.load_mask(i)
-        gt_classes = {int(v) for v in np.unique(gt)}
+        if gt is not None:
+            gt_classes = {int(v) for v in np.unique(gt)}
+            panels["gt"] = colorize_mask(gt)
+        else:  # image-level labels only: the caption names them
+            gt_classes = {int(c) + 1 for c in np.flatnonzero(dataset.label_vector(i))}
         present = set(gt_classes)
         files: dict[str, str] = {}
-        panels: dict[str, np.ndarray] = {"image": image, "gt": colorize_mask(gt)}
         for column in columns:
             if column.output is None or name not in stems[column.output]:
                 continue

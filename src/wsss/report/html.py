@@ -116,10 +116,19 @@ def _config_section(info: RunInfo) -> str:
     else:
         from wsss.config import to_dict
 
+        from wsss.data.prepare import label_source_text
+
         d, m = cfg.data, cfg.model
+        data = data_summary(info)
         items = [
             ("method", cfg.method.name),
-            ("data", f"{d.dataset} at {d.root}"),
+            # What the data stage found at the root (a user's folder under a synthetic preset
+            # is not synthetic data); the configured data set before the data stage has run.
+            ("data", f"{data.get('kind', d.dataset)} at {d.root}"),
+            ("labels", label_source_text(data["labels"]) if data.get("labels")
+             else f"data.labels_from {d.labels_from}"),
+            ("ground truth", ", ".join(f"{split}: {'masks' if v.get('has_masks') else 'none'}"
+                                       for split, v in data.get("splits", {}).items()) or "–"),
             ("splits", f"train {d.train_split} · infer {d.infer_split} · eval {d.eval_split} · "
                        f"val {d.val_split}"),
             ("backbone", f"{m.backbone}, output stride {m.output_stride}, "
@@ -142,12 +151,37 @@ def _config_section(info: RunInfo) -> str:
     return "".join(parts)
 
 
+def data_summary(info: RunInfo) -> dict[str, Any]:
+    """The summary of the run's data stage (root, kind, labels, splits), {} before it ran."""
+    manifest = info.manifests.get("data") or {}
+    return manifest.get("summary", {}) if "data" in info.stages else {}
+
+
+def _ground_truth_note(info: RunInfo) -> str:
+    without = [split for split, v in data_summary(info).get("splits", {}).items()
+               if not v.get("has_masks")]
+    if not without:
+        return ""
+    return (f'<p class="note">Split(s) {_e(", ".join(without))} have no ground-truth masks: '
+            "the stages that score against them were skipped; CAMs, pseudo-masks and "
+            "predictions are in the gallery without ground truth.</p>")
+
+
+def _stale_note(info: RunInfo) -> str:
+    if not info.stale:
+        return ""
+    return (f'<p class="note">Not shown: {_e(", ".join(info.stale))} (outside this run\'s '
+            "plan, or made from inputs that have changed since).</p>")
+
+
 def _results_section(info: RunInfo) -> str:
     rows = info.rows()
     if not rows:
         return ('<section id="results"><h2>Results</h2><p class="note">No stage has scored '
-                "its output yet.</p></section>")
+                "its output yet.</p>" + _ground_truth_note(info) + _stale_note(info) +
+                "</section>")
     return ('<section id="results"><h2>Results</h2>' + results_html(rows) +
+            _ground_truth_note(info) + _stale_note(info) +
             '<p class="note">Scores in %. <b>fixed</b>: threshold set in advance (a fair '
             "number); <b>oracle</b>: the threshold with the best mIoU on the ground truth of "
             "the same split (an upper bound, not a result). Coverage: share of labelled "
@@ -162,6 +196,10 @@ def _stages_section(info: RunInfo) -> str:
         res = info.manifests[stage].get("resources", {})
         rows.append((_e(stage), _e(status.get(stage, "done")), _e(res.get("seconds", "–")),
                      _e(res.get("peak_rss_mb", "–")), _e(res.get("peak_cuda_mb", "–")),
+                     _e(info.manifests[stage].get("finished_at", "")),
+                     _e(info.descriptions.get(stage, ""))))
+    for stage in info.stale:
+        rows.append((_e(stage), "stale: outside the plan or older inputs", "–", "–", "–",
                      _e(info.manifests[stage].get("finished_at", "")),
                      _e(info.descriptions.get(stage, ""))))
     return ('<section id="stages"><h2>Stages</h2>' +
@@ -291,7 +329,9 @@ def _gallery_section(info: RunInfo, galleries: Sequence[Gallery], notes: Sequenc
     parts = ['<section id="gallery"><h2>Gallery</h2>']
     for g in galleries:
         order = (f"ordered worst first by per-image mIoU of <b>{_e(g.order_stage)}</b>"
-                 if g.order_stage else "in data set order (no mask stage to score)")
+                 if g.order_stage else "in data set order (no mask stage to score)"
+                 if g.ground_truth else "in data set order (no ground truth: captions name "
+                 "the image-level labels)")
         if g.num_ranked < g.num_images:
             order += f" among {g.num_ranked} evenly spaced images"
         parts.append(f"<h3>split {_e(g.split)}</h3><p class=\"note\">{len(g.rows)} of "

@@ -4,11 +4,17 @@
 Only rank 0 writes. `torch.utils.tensorboard` is imported when a writer opens, so importing this
 module stays cheap. Switches: `pipeline.tensorboard`, `pipeline.tensorboard_every`,
 `pipeline.tensorboard_image_every`, `pipeline.tensorboard_images`.
+
+Event files are a side product: a write that fails (a full disk, a lost mount) stops the stage's
+TensorBoard logging with one warning line, and the stage goes on; a full disk then stops the run
+at its next real write, again with one line.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,37 @@ from wsss.report.render import cam_heatmap, colorize_mask, denormalize, hstack, 
 TENSORBOARD_DIR = "tensorboard"
 
 
+log = logging.getLogger("wsss")
+_default_excepthook = threading.excepthook
+
+
+def _quiet_writer_threads(args: Any) -> None:
+    """Leave failures of TensorBoard's background writer thread unprinted: the writer raises
+    the same error in the main thread at its next call, where it becomes one warning line."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+        return
+    _default_excepthook(args)
+
+
 def _writer(log_dir: str | Path, *, purge_step: int | None = None) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
+    if threading.excepthook is _default_excepthook:
+        threading.excepthook = _quiet_writer_threads
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
+def _warn_failed(log_dir: Path, exc: OSError) -> None:
+    reason = exc.strerror or str(exc)
+    log.warning("TensorBoard logging to %s stopped: %s%s", log_dir, reason,
+                f" ({exc.filename})" if exc.filename else "")
+
+
+def _close_quietly(writer: Any) -> None:
+    try:
+        writer.close()
+    except OSError:
+        pass
 
 
 class TensorBoardLogger:
@@ -59,6 +92,14 @@ class TensorBoardLogger:
         self.mean = mean
         self.std = std
         self._writer: Any = None
+        self._failed = False
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        _warn_failed(self.log_dir, exc)
+        if self._writer is not None:
+            _close_quietly(self._writer)
+            self._writer = None
 
     def _open(self, step: int) -> Any:
         if self._writer is None:
@@ -71,6 +112,15 @@ class TensorBoardLogger:
 
     def log_step(self, step: int, values: dict[str, float], lrs: list[float],
                  batch: dict[str, Any]) -> None:
+        if self._failed:
+            return
+        try:
+            self._log_step(step, values, lrs, batch)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _log_step(self, step: int, values: dict[str, float], lrs: list[float],
+                  batch: dict[str, Any]) -> None:
         writer = self._open(step)
         if self._due(step, self.scalar_every):
             for name, value in values.items():
@@ -86,14 +136,22 @@ class TensorBoardLogger:
                 writer.add_images("train/mask", colours, step, dataformats="NHWC")
 
     def log_epoch(self, epoch: int, step: int, means: dict[str, float]) -> None:
-        writer = self._open(step)
-        for name, value in means.items():
-            writer.add_scalar(f"epoch/{'total' if name == 'loss' else name}", value, step)
-        writer.flush()
+        if self._failed:
+            return
+        try:
+            writer = self._open(step)
+            for name, value in means.items():
+                writer.add_scalar(f"epoch/{'total' if name == 'loss' else name}", value, step)
+            writer.flush()
+        except OSError as exc:
+            self._fail(exc)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:
+                self._fail(exc)
             self._writer = None
 
 
@@ -146,6 +204,15 @@ def log_eval(ctx: Any, result: dict[str, Any], dataset: Any, *,
         return
     if stage_log_dir(ctx).is_dir():  # the events of an earlier run of this stage
         shutil.rmtree(stage_log_dir(ctx))
+    try:
+        _log_eval(ctx, result, dataset, cam_dir=cam_dir, mask_dir=mask_dir)
+    except OSError as exc:
+        _warn_failed(stage_log_dir(ctx), exc)
+
+
+def _log_eval(ctx: Any, result: dict[str, Any], dataset: Any, *,
+              cam_dir: Path | None, mask_dir: Path | None) -> None:
+    p = ctx.cfg.pipeline
     writer = _writer(stage_log_dir(ctx))
     try:
         if "fixed" in result:
@@ -193,5 +260,7 @@ def log_eval(ctx: Any, result: dict[str, Any], dataset: Any, *,
             gt = dataset.load_mask(index)
             panels = [image, middle] + ([colorize_mask(gt)] if gt is not None else [])
             writer.add_image(tag, upscale(hstack(panels), 128), 0, dataformats="HWC")
-    finally:
-        writer.close()
+    except BaseException:
+        _close_quietly(writer)
+        raise
+    writer.close()
