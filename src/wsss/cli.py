@@ -48,7 +48,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from wsss.config import find_preset, load_config
     from wsss.pipeline.artifacts import run_lock
-    from wsss.pipeline.report import classifier_lines, results_table
+    from wsss.pipeline.report import results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
     cfg = load_config(find_preset(args.config), _run_overrides(args))
@@ -64,8 +64,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if dist.is_main():
             with run_lock(result.run_dir, wait=args.wait):  # no other run rewrites it meanwhile
                 print(results_table(result.run_dir))
-                for line in classifier_lines(result.run_dir):
-                    print(line)
                 print()
                 print(format_resources(result.outcomes))
                 print(f"\nrun directory: {result.run_dir}")
@@ -94,7 +92,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     scores = result.summary("eval_pretrain")
     export = result.summary("export")
-    print("held-out corpus: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()))
+    print(f"held-out corpus ({scores['images']} scenes): exact-match accuracy "
+          f"{100 * scores['exact_match']:.1f} %, mAP {100 * scores['mAP']:.1f} %, top-1 "
+          f"precision {100 * scores['top1_precision']:.1f} %")
     print(f"weights: {export['file']} ({export['megabytes']} MB, sha256 {export['sha256']})")
     print()
     print(format_resources(result.outcomes))

@@ -125,10 +125,10 @@ def test_inference_dropout_switch() -> None:
 def test_stage_list() -> None:
     method = build_method(load_config(None, TINY))
     names = [s.name for s in method.stages()]
-    assert names[:14] == [
-        "data", "train_cam", "make_cam", "eval_cam", "make_seeds", "eval_seeds", "train_amn",
-        "make_amn_cam", "eval_amn_cam", "make_amn_seeds", "eval_amn_seeds", "train_irn",
-        "make_pseudo_masks", "eval_pseudo_masks"]
+    assert names[:15] == [
+        "data", "train_cam", "eval_cls", "make_cam", "eval_cam", "make_seeds", "eval_seeds",
+        "train_amn", "make_amn_cam", "eval_amn_cam", "make_amn_seeds", "eval_amn_seeds",
+        "train_irn", "make_pseudo_masks", "eval_pseudo_masks"]
 
 
 @pytest.mark.slow

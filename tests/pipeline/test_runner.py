@@ -16,7 +16,7 @@ from wsss.pipeline.runner import run_pipeline
 
 from ..conftest import SMOKE
 
-STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_seeds", "eval_seeds"]
+STAGES = ["data", "train_cam", "eval_cls", "make_cam", "eval_cam", "make_seeds", "eval_seeds"]
 
 
 class Killed(Exception):
@@ -49,7 +49,7 @@ def test_end_to_end_skip_and_rerun_on_change(smoke_overrides: list[str]) -> None
 
     forced = run_pipeline(changed, force=["make_cam"])
     status = _status(forced)
-    assert [s for s in STAGES if status[s] == "ran"] == STAGES[2:]
+    assert [s for s in STAGES if status[s] == "ran"] == STAGES[3:]
 
 
 def test_killed_make_cam_resumes_without_recomputing(smoke_overrides, monkeypatch) -> None:

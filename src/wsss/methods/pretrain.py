@@ -84,6 +84,8 @@ class Pretrain(CamBaseline):
         categories = batch["labels"]
         target = categories / categories.sum(1, keepdim=True).clamp(min=1)
         cls = -(target * torch.log_softmax(logits[:, :categories.shape[1]], dim=1)).sum(1).mean()
+        if "factors" not in batch:  # a batch without factor labels trains the categories only
+            return {"cls": cls}
         factors = F.binary_cross_entropy_with_logits(logits[:, categories.shape[1]:],
                                                      batch["factors"])
         return {"cls": cls, "factors": factors}
@@ -153,7 +155,8 @@ class Pretrain(CamBaseline):
                     labels.append(torch.stack([it["labels"] for it in items]))
             scores = multilabel_scores(torch.cat(logits), torch.cat(labels), decision="top_k")
             write_text(ctx.out_dir / "metrics.json", json.dumps(scores, indent=2) + "\n")
-            return {k: round(v * 100, 2) for k, v in scores.items()}
+            return {"split": "held-out corpus", "images": len(corpus),
+                    **{k: round(v, 4) for k, v in scores.items()}}
 
         return Stage("eval_pretrain", run, needs=("pretrain",),
                      depends_on=("method.val_items", "method.val_seed"),

@@ -155,7 +155,7 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise WeightsError(
-            f"model.pretrained={source}: {pretrained} does not match the backbone "
+            f"model.pretrained={source}: weights in {pretrained} do not match the backbone "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]})"
         )
     module.load_state_dict(state, strict=False)  # the unused ImageNet fc stays random

@@ -28,7 +28,7 @@ def results_table(run_dir: str | Path) -> str:
     stale_scored = []
     for name in stale:
         manifest = read_manifest(run_dir / name)
-        if manifest and "miou" in manifest.get("summary", {}):
+        if manifest and _is_scored(manifest.get("summary", {})):
             stale_scored.append(name)
     for stage_dir in (run_dir / name for name in current):
         manifest = read_manifest(stage_dir)
@@ -50,21 +50,30 @@ def results_table(run_dir: str | Path) -> str:
                         f"{_pct(s['miou']):>7}{_pct(s.get('precision')):>7}"
                         f"{_pct(s.get('recall')):>7}{_pct(s.get('coverage')):>7}"
                         f"{_pct(s.get('contour_f')):>7}")
+    rows += classifier_lines(run_dir, current)
     if stale_scored:
         rows.append(f"not shown (outside this run's plan, or made from older inputs): "
                     f"{', '.join(stale_scored)}")
     return "\n".join(rows)
 
 
-def classifier_lines(run_dir: str | Path) -> list[str]:
-    """One line per classifier scored on image-level labels (`eval_cls`, `eval_pretrain`)."""
+def _is_classifier(summary: dict[str, Any]) -> bool:
+    return "exact_match" in summary and "mAP" in summary and "split" in summary
+
+
+def _is_scored(summary: dict[str, Any]) -> bool:
+    return "miou" in summary or _is_classifier(summary)
+
+
+def classifier_lines(run_dir: str | Path, stages: list[str]) -> list[str]:
+    """One line per classifier among `stages` scored on image-level labels (`eval_cls`,
+    `eval_pretrain`): exact-match accuracy and mAP."""
     lines = []
-    for stage_dir in sorted(p for p in Path(run_dir).iterdir() if p.is_dir()):
-        s = (read_manifest(stage_dir) or {}).get("summary", {})
-        if "exact_match" in s and "mAP" in s and "split" in s:
-            lines.append(f"classifier ({stage_dir.name}, split {s['split']}, {s.get('images')} "
-                         f"images): exact-match accuracy {_pct(s['exact_match'])} %, "
-                         f"mAP {_pct(s['mAP'])} %")
+    for name in stages:
+        s = (read_manifest(Path(run_dir) / name) or {}).get("summary", {})
+        if _is_classifier(s):
+            lines.append(f"classifier ({name}, split {s['split']}, {s.get('images')} images): "
+                         f"exact-match accuracy {_pct(s['exact_match'])} %, mAP {_pct(s['mAP'])} %")
     return lines
 
 
