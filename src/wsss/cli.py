@@ -145,7 +145,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dist.init_from_env(device)  # under torchrun, each rank predicts every N-th image
     predictor = load(args.checkpoint, device=device, scales=args.scales,
-                     flip=args.flip, crf=args.crf, max_side=args.max_side)
+                     flip=args.flip, crf=args.crf, max_side=args.max_side,
+                     allow_unverified=args.allow_unverified)
     files = list_images(args.input)
     pairs = dist.shard(list(zip(files, output_names(files))))
     out = Path(args.out)
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=1024,
                    help="score larger images at this longer side (masks keep the input size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a checkpoint that carries no sha256 (e.g. re-saved elsewhere)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("synth", help="write the synthetic data set (same as `data synth`)")

@@ -1,7 +1,9 @@
 """On-disk formats (palette PNG masks, `.npz` CAMs, RGB images) with atomic writes.
 
 Every writer goes through `atomic_write`: the data lands in a temporary file in the same folder
-and is moved into place with `os.replace`, so no partial file ever carries an output name.
+and is moved into place with `os.replace`, so no partial file ever carries an output name. The
+file gets the mode a plain `open()` would give (0666 less the umask), not the temporary file's
+private 0600.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +51,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
         _raise_named(exc, path)
     try:
         with os.fdopen(fd, mode) as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -59,6 +63,25 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
         if isinstance(exc, OSError):
             _raise_named(exc, path)
         raise
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: from /proc/self/status on Linux (no race), else by setting and
+    restoring it under a lock."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _raise_named(exc: OSError, path: Path) -> None:

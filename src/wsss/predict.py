@@ -316,17 +316,18 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device | str = "cpu",
-                        **overrides: Any) -> Predictor:
+                        allow_unverified: bool = False, **overrides: Any) -> Predictor:
         """Rebuild the network named by the checkpoint's meta and load its weights.
 
         Args:
+            allow_unverified: load a checkpoint that carries no sha256 (see `load_checkpoint`).
             overrides: `scales`, `flip`, `crf`, `crf_params`, `max_side` replacing the test
                 settings stored in the checkpoint.
 
         Raises:
-            CheckpointError: missing, corrupt or non-predicting checkpoint.
+            CheckpointError: missing, corrupt, unverifiable or non-predicting checkpoint.
         """
-        state = load_checkpoint(path, map_location="cpu")
+        state = load_checkpoint(path, map_location="cpu", allow_unverified=allow_unverified)
         meta = state.get("meta") or {}
         if "class_names" not in meta:
             raise CheckpointError(f"{path}: checkpoint meta has no class names")

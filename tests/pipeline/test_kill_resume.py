@@ -104,7 +104,7 @@ def check_loadable(path: Path) -> None:
             for key in data.files:
                 data[key]
     elif suffix == ".pt":
-        load_checkpoint(path)  # also verifies the sha256 list
+        load_checkpoint(path)  # also verifies the sha256 inside
     elif suffix == ".json":
         json.loads(path.read_text())
     elif suffix == ".yaml":
@@ -221,13 +221,12 @@ def test_two_kills_resume_to_identical_outputs(tmp_path: Path, synthetic_root: P
     """Fast variant (forked runs, up to make_cam): a kill in training, one among the CAMs."""
     stages = ["data", "train_cam", "make_cam"]
     overrides = [f"data.root={synthetic_root}", *RUN_OVERRIDES]
-    # 3 steps per epoch, checkpoints after steps 2 and 4 and at each epoch's end. Process 1
-    # writes config.yaml, data's in-progress marker and manifest, train_cam's marker, last.pt
-    # and its digest (step 2), then per later checkpoint the digest list (old + new), last.pt,
-    # the new digest: its 12th write, the step-4 digest, is killed, so it resumes mid-epoch 2
-    # with last.pt newer than the digest file's last line. Process 2 finishes training and dies
-    # at its 14th write, among the CAM files.
-    killed = kill_and_resume(tmp_path, overrides, [12, 14], stages, fork=True,
+    # 3 steps per epoch, checkpoints after steps 2 and 4 and at each epoch's end, one write
+    # each (the digest is inside the file). Process 1 writes config.yaml, data's in-progress
+    # marker and manifest, train_cam's marker, then last.pt at steps 2, 3 and 4 and 6: its 8th
+    # write, the step-6 checkpoint, is killed, so it resumes mid-epoch 2 from step 4.
+    # Process 2 finishes training and dies at its 14th write, among the CAM files.
+    killed = kill_and_resume(tmp_path, overrides, [8, 14], stages, fork=True,
                              extra=["--until", "make_cam"])
     assert killed == ["train_cam", "make_cam"]
 
