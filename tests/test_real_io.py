@@ -49,3 +49,44 @@ def test_outputs_honour_the_umask(umask: int, tmp_path: Path, capsys) -> None:
     assert files
     modes = {stat.S_IMODE(p.stat().st_mode) for p in files}
     assert modes == {0o666 & ~umask}, {oct(m) for m in modes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: config values checked before any stage runs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("override", "key", "valid"), [
+    ("train.epochs=-1", "train.epochs", ">= 1"),
+    ("train.epochs=0", "train.epochs", ">= 1"),
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("method.cam_scales=[]", "method.cam_scales", "a non-empty list, each > 0"),
+    ("method.cam_scales=[0]", "method.cam_scales", "a non-empty list, each > 0"),
+    ("eval.sweep_step=0", "eval.sweep_step", "in (0, 1]"),
+    ("method.seed_fg_threshold=2", "method.seed_fg_threshold", "in [0.0, 1.0]"),
+    ("model.backbone=resnet5", "model.backbone", "one of resnet101, resnet18"),
+    ("train.optimizer=adamw", "train.optimizer", "one of sgd, adam"),
+    ("train.resize_long=[640,320]", "train.resize_long", "low <= high"),
+    ("train.crop_size=0", "train.crop_size", ">= 1"),
+    ("train.lr=-1", "train.lr", "> 0"),
+    ("pipeline.device=tpu", "pipeline.device", "auto, cpu, cuda or cuda:N"),
+    ("pipeline.device=cuda:99", "pipeline.device", "valid here: auto, cpu"),
+])
+def test_bad_config_values_stop_before_any_stage(override: str, key: str, valid: str,
+                                                 tmp_path: Path, synthetic_root: Path,
+                                                 capsys) -> None:
+    code, _, err = run(capsys, "run", SMOKE, "--workdir", tmp_path / "runs", "--set",
+                       f"data.root={synthetic_root}", "--set", override)
+    line = error_line(err)
+    assert code == 2 and f"'{key}'" in line and valid in line, line
+    assert not (tmp_path / "runs").exists()  # nothing ran, not even the data stage
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, synthetic_root: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, err = run(capsys, "run", SMOKE, "--workdir", tmp_path / "runs", "--device", "cuda",
+                       "--set", f"data.root={synthetic_root}")
+    assert code == 2 and "'pipeline.device' = 'cuda': this machine has 0 CUDA GPU(s)" in \
+        error_line(err)

@@ -30,7 +30,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from wsss.config import load_config
+    from wsss.config import check_device, load_config
     from wsss.pipeline.report import results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
@@ -44,6 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.deterministic is not None:
         overrides.append(f"pipeline.deterministic={str(args.deterministic).lower()}")
     cfg = load_config(args.config, overrides)
+    check_device(cfg.pipeline.device)
     result = run_pipeline(cfg, start=args.start, until=args.until, only=args.only or (),
                           force=args.force or ())
     from wsss.engine import distributed as dist
@@ -140,8 +141,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from wsss.pipeline.runner import resolve_device
     from wsss.predict import list_images, load, output_names, overlay, to_rgb
 
+    from wsss.config import check_device
     from wsss.engine import distributed as dist
 
+    check_device(args.device, "--device")
     device = resolve_device(args.device)
     dist.init_from_env(device)  # under torchrun, each rank predicts every N-th image
     predictor = load(args.checkpoint, device=device, scales=args.scales,
