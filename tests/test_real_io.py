@@ -90,3 +90,28 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, synthetic_root: Path, ca
                        "--set", f"data.root={synthetic_root}")
     assert code == 2 and "'pipeline.device' = 'cuda': this machine has 0 CUDA GPU(s)" in \
         error_line(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 17: several pairs after one --set; `wsss compare runs/*` with its own output folder
+# ---------------------------------------------------------------------------------------------
+
+def test_one_set_flag_takes_several_pairs(tmp_path: Path, synthetic_root: Path, capsys) -> None:
+    code, _, err = run(capsys, "run", SMOKE, "--workdir", tmp_path / "runs", "--set",
+                       f"data.root={synthetic_root}", "pipeline.device=cpu", "train.epochs=0")
+    assert code == 2 and "'train.epochs' = 0" in error_line(err)  # the third pair was read
+
+
+def test_compare_glob_skips_its_own_output_folder(tmp_path: Path, capsys) -> None:
+    from wsss.config import dump_config, load_config
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(dump_config(load_config(SMOKE)))
+    code, _, err = run(capsys, "compare", runs / "a", runs / "b")
+    assert code == 0, err
+    assert (runs / "compare" / "index.html").is_file()
+    code, out, err = run(capsys, "compare", *sorted(runs.iterdir()))  # runs/* names runs/compare
+    assert code == 0, err
+    assert f"note: skipped {runs / 'compare'}: a comparison's output folder" in out

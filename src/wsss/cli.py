@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from wsss.pipeline.report import results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
-    overrides = list(args.set or [])
+    overrides = [pair for group in args.set or [] for pair in group]
     if args.workdir:
         overrides.append(f"pipeline.workdir={args.workdir}")
     if args.device:
@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a config's pipeline (skips finished stages, resumes)")
     p.add_argument("config", help="YAML preset, e.g. configs/synthetic/demo.yaml")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--set", action="append", nargs="+", metavar="KEY=VALUE",
+                   help="override config keys: one or more KEY=VALUE pairs per --set, and the "
+                        "flag may repeat (put CONFIG before --set)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage")
