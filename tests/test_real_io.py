@@ -115,3 +115,110 @@ def test_compare_glob_skips_its_own_output_folder(tmp_path: Path, capsys) -> Non
     code, out, err = run(capsys, "compare", *sorted(runs.iterdir()))  # runs/* names runs/compare
     assert code == 0, err
     assert f"note: skipped {runs / 'compare'}: a comparison's output folder" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 14: messages that name the real problem
+# ---------------------------------------------------------------------------------------------
+
+def make_root(root: Path, names: list[str], *, size: tuple[int, int] = (16, 12)) -> Path:
+    """A VOC-layout root: RGB PNG images, masks of class 1 on the left half, `train.txt`."""
+    width, height = size
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+            root / "JPEGImages" / f"{name}.png")
+        mask = np.zeros((height, width), np.uint8)
+        mask[:, : width // 2] = 1
+        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def data_stage(capsys, root: Path, workdir: Path, *extra: str) -> tuple[int, str]:
+    """`wsss run` of the data stage alone on a custom root whose every split is `train`."""
+    code, _, err = run(capsys, "run", SMOKE, "--workdir", workdir, "--device", "cpu",
+                       "--until", "data", "--set", "data.dataset=custom", f"data.root={root}",
+                       "data.train_split=train", "data.infer_split=train",
+                       "data.eval_split=train", "data.val_split=train", *extra)
+    return code, err
+
+
+def test_eval_names_a_missing_folder_and_a_cam_folder(tmp_path: Path, capsys) -> None:
+    from wsss.io import save_cams
+
+    root = make_root(tmp_path / "d", ["a", "b"])
+    base = ("eval", "--data", root, "--split", "train", "--no-contour")
+    code, _, err = run(capsys, *base, "--pred", tmp_path / "nowhere")
+    assert code == 2 and f"prediction folder not found: {tmp_path / 'nowhere'}" in error_line(err)
+    cams = tmp_path / "cams"
+    for name in ("a", "b"):
+        save_cams(cams / f"{name}.npz", np.full((1, 12, 16), 0.5, np.float32), np.array([1]))
+    code, _, err = run(capsys, *base, "--pred", cams)
+    assert code == 2 and "holds CAM .npz files: add --cams" in error_line(err)
+    code, out, err = run(capsys, *base, "--pred", cams, "--cams")
+    assert code == 0, err
+
+
+def test_eval_names_the_file_with_an_out_of_range_value(tmp_path: Path, capsys) -> None:
+    from wsss.io import save_mask
+
+    root = make_root(tmp_path / "d", ["a", "b"])
+    pred = tmp_path / "pred"
+    save_mask(pred / "a.png", np.ones((12, 16), np.uint8))
+    save_mask(pred / "b.png", np.full((12, 16), 40, np.uint8))  # VOC has 20 classes
+    code, _, err = run(capsys, "eval", "--data", root, "--split", "train", "--pred", pred)
+    assert code == 2 and f"{pred / 'b.png'}: predicted values [40] outside 0..20" in \
+        error_line(err)
+
+
+def test_exif_rotation_is_named_in_a_size_mismatch(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path / "d", ["a", "b"])
+    image = Image.open(root / "JPEGImages" / "b.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    (root / "JPEGImages" / "b.png").unlink()
+    image.save(root / "JPEGImages" / "b.jpg", exif=exif)
+    code, err = data_stage(capsys, root, tmp_path / "runs")
+    assert code == 2 and "mask is 16x12 but image" in err
+    assert "after its EXIF orientation 6" in err and "rotate the mask" in err
+
+
+def test_a_utf8_bom_label_csv_is_read(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path / "d", ["a", "b"])
+    (root / "labels.csv").write_bytes("name,labels\na,aeroplane\nb,aeroplane\n"
+                                      .encode("utf-8-sig"))
+    code, err = data_stage(capsys, root, tmp_path / "runs", "data.labels_from=csv")
+    assert code == 0, err
+
+
+def test_a_latin1_split_list_names_the_file_and_line(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path / "d", ["a", "b"])
+    split = root / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_bytes("a\ncaf\u00e9\n".encode("latin-1"))
+    code, err = data_stage(capsys, root, tmp_path / "runs")
+    assert code == 2 and f"{split} line 2: split list is not UTF-8 text" in error_line(err)
+
+
+def test_split_names_with_spaces_are_kept_whole(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path / "d", ["my photo", "b"])
+    code, err = data_stage(capsys, root, tmp_path / "runs")
+    assert code == 0, err
+    from wsss.data.voc import read_name_list
+
+    assert read_name_list(root / "ImageSets" / "Segmentation" / "train.txt") == ["my photo", "b"]
+    pairs = tmp_path / "pairs.txt"  # 1-Stage style lines still give the image name
+    pairs.write_text("/JPEGImages/x_1.jpg /SegmentationClassAug/x_1.png\n")
+    assert read_name_list(pairs) == ["x_1"]
+
+
+def test_a_name_listed_twice_in_a_split_is_refused(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path / "d", ["a", "b"])
+    split = root / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_text("a\nb\na\n")
+    code, err = data_stage(capsys, root, tmp_path / "runs")
+    assert code == 2 and f"{split} line 3: image 'a' is listed twice (first on line 1)" in \
+        error_line(err)
