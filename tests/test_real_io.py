@@ -222,3 +222,115 @@ def test_a_name_listed_twice_in_a_split_is_refused(tmp_path: Path, capsys) -> No
     code, err = data_stage(capsys, root, tmp_path / "runs")
     assert code == 2 and f"{split} line 3: image 'a' is listed twice (first on line 1)" in \
         error_line(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Items 7, 8, 13: `wsss predict` on real folders (16-bit images, huge images, name clashes)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def segnet_checkpoint(tmp_path_factory) -> Path:
+    """An (untrained) resnet18 DeepLab-v2 checkpoint for 3 foreground classes, no CRF."""
+    from wsss.config import load_config
+    from wsss.engine.checkpoint import save_checkpoint
+    from wsss.methods.segnet import build_segnet_from_config, segnet_checkpoint_meta
+
+    cfg = load_config(SMOKE, ["segnet.backbone=resnet18", "segnet.crf=false"])
+    model = build_segnet_from_config(cfg.segnet, num_classes=3)
+    path = tmp_path_factory.mktemp("segnet") / "model.pt"
+    meta = segnet_checkpoint_meta(cfg, "cam_baseline", "make_seeds", ["background", *"abc"])
+    save_checkpoint(path, {"model": model.state_dict(), "meta": meta})
+    return path
+
+
+def gray16(path: Path, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I;16"
+
+
+def test_16bit_grayscale_is_scaled_not_white(tmp_path: Path, segnet_checkpoint: Path,
+                                             capsys) -> None:
+    from wsss.io import load_image
+    from wsss.predict import overlay
+
+    values = np.tile(np.linspace(0, 65535, 40), (32, 1)).round()
+    gray16(tmp_path / "in.png", values)
+    expected = np.round(values / 257).astype(np.uint8)
+    image = load_image(tmp_path / "in.png")  # what training and the data stage read
+    assert np.array_equal(image, np.repeat(expected[:, :, None], 3, axis=2))
+    code, _, err = run(capsys, "predict", "--checkpoint", segnet_checkpoint, "--input",
+                       tmp_path / "in.png", "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 0, err
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "in.png"))
+    shown = np.asarray(Image.open(tmp_path / "out" / "overlays" / "in.png").convert("RGB"))
+    assert np.array_equal(shown, overlay(np.repeat(expected[:, :, None], 3, axis=2), mask))
+
+
+def test_predict_bounds_memory_by_max_side_and_refuses_what_cannot_fit(
+        tmp_path: Path, segnet_checkpoint: Path, capsys) -> None:
+    """A 3000x2000 JPEG at --max-side 64: decoded reduced, scored at 64 px, only the argmax
+    upsampled: NumPy never holds a full-size RGB image or score array (one mask byte per
+    pixel, at most twice). An image over --max-pixels is named and skipped; the others are
+    written, and the exit code says some were skipped."""
+    import tracemalloc
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    width, height = 3000, 2000
+    big = np.zeros((height, width, 3), np.uint8)
+    big[:, : width // 2] = (200, 30, 30)
+    Image.fromarray(big).save(folder / "big.jpg", quality=80)
+    del big
+    Image.new("RGB", (40, 30), (0, 90, 200)).save(folder / "small.png")
+    def traced_peak(inputs: list[Path], out: Path) -> int:
+        tracemalloc.start()
+        try:
+            code, _, err = run(capsys, "predict", "--checkpoint", segnet_checkpoint, "--input",
+                               *inputs, "--out", out, "--device", "cpu", "--max-side", 64)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert code == 0, err
+        return peak
+
+    baseline = traced_peak([folder / "small.png"], tmp_path / "out0")  # reading the checkpoint
+    extra = traced_peak([folder], tmp_path / "out") - baseline
+    assert extra < 2.5 * width * height, extra  # a full RGB image alone is 3 bytes per pixel
+    masks = tmp_path / "out" / "masks"
+    assert np.asarray(Image.open(masks / "big.png")).shape == (height, width)
+    assert np.asarray(Image.open(masks / "small.png")).shape == (30, 40)
+    with Image.open(tmp_path / "out" / "overlays" / "big.png") as shown:
+        assert max(shown.size) == 64
+    code, _, err = run(capsys, "predict", "--checkpoint", segnet_checkpoint, "--input",
+                       folder, "--out", tmp_path / "out2", "--device", "cpu",
+                       "--max-pixels", 100_000)
+    assert code == 1
+    assert f"wsss: skipped {folder / 'big.jpg'}: image is 3000x2000 (6 megapixels), above " \
+           "--max-pixels 100000" in err
+    assert sorted(p.name for p in (tmp_path / "out2" / "masks").iterdir()) == ["small.png"]
+
+
+def test_predict_maps_clashing_names_and_reports_skips(tmp_path: Path, segnet_checkpoint: Path,
+                                                       capsys) -> None:
+    import csv
+
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    for path in (d1 / "a.jpg", d1 / "a.png", d2 / "a.jpg"):
+        Image.new("RGB", (24, 16), (120, 40, 10)).save(path)
+    (d1 / "notes.txt").write_text("not an image")
+    (d2 / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "predict", "--checkpoint", segnet_checkpoint, "--input", d1,
+                            d2, "--out", out, "--device", "cpu")
+    assert code == 1  # documented: some images skipped, the others written
+    assert "skipped 1 files that are not images" in err and "notes.txt" in err
+    assert f"wsss: skipped {d2 / 'broken.png'}: unreadable" in err
+    assert "3 inputs share a file name" in stdout
+    rows = list(csv.DictReader((out / "mapping.csv").open()))
+    by_input = {r["input"]: r for r in rows}
+    written = [by_input[str(p)]["mask"] for p in (d1 / "a.jpg", d1 / "a.png", d2 / "a.jpg")]
+    assert len(set(written)) == 3 and all(Path(m).is_file() for m in written)
+    assert by_input[str(d2 / "broken.png")]["status"].startswith("failed: ")

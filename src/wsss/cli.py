@@ -135,41 +135,70 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
+    """Exit codes: 0 every image written; 1 some images failed (each named on stderr and in
+    OUT/mapping.csv), the others written; 2 nothing done (bad argument, checkpoint or input)."""
+    import csv
 
-    from wsss.io import DataError, save_mask, write_bytes
-    from wsss.pipeline.runner import resolve_device
-    from wsss.predict import list_images, load, output_names, overlay, to_rgb
+    from PIL import Image
 
     from wsss.config import check_device
     from wsss.engine import distributed as dist
+    from wsss.io import IMAGE_EXTENSIONS, DataError, save_mask, write_bytes, write_text
+    from wsss.pipeline.runner import resolve_device
+    from wsss.predict import load, output_names, overlay, scan_inputs
 
     check_device(args.device, "--device")
     device = resolve_device(args.device)
     dist.init_from_env(device)  # under torchrun, each rank predicts every N-th image
+    files, not_images = scan_inputs(args.input)
     predictor = load(args.checkpoint, device=device, scales=args.scales,
                      flip=args.flip, crf=args.crf, max_side=args.max_side,
                      allow_unverified=args.allow_unverified)
-    files = list_images(args.input)
-    pairs = dist.shard(list(zip(files, output_names(files))))
+    names = output_names(files)
+    pairs = dist.shard(list(zip(files, names)))
     out = Path(args.out)
-    failed = []
+    failed: list[str] = []
+    rows: list[tuple[str, str, str, str]] = []
     for path, name in pairs:
+        mask_path, overlay_path = out / "masks" / f"{name}.png", out / "overlays" / f"{name}.png"
         try:
-            image = to_rgb(path)
+            mask, work, work_mask = predictor.predict_file(path, max_pixels=args.max_pixels)
         except DataError as exc:
             failed.append(str(exc))
+            rows.append((str(path), "", "", f"failed: {exc}"))
             continue
-        mask = predictor.predict(image)
-        save_mask(out / "masks" / f"{name}.png", mask)
+        except (MemoryError, RuntimeError) as exc:  # torch reports out of memory as RuntimeError
+            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
+                raise
+            message = f"{path}: out of memory at --max-side {args.max_side}; lower it"
+            failed.append(message)
+            rows.append((str(path), "", "", f"failed: {message}"))
+            continue
+        save_mask(mask_path, mask)
         buffer = io.BytesIO()
-        Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
-        write_bytes(out / "overlays" / f"{name}.png", buffer.getvalue())
+        Image.fromarray(overlay(work, work_mask)).save(buffer, format="PNG")
+        write_bytes(overlay_path, buffer.getvalue())
+        rows.append((str(path), str(mask_path), str(overlay_path), "written"))
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["input", "mask", "overlay", "status"])
+    writer.writerows(rows)
+    mapping = out / ("mapping.csv" if dist.world_size() == 1 else f"mapping_rank{dist.rank()}.csv")
+    write_text(mapping, table.getvalue())
+    renamed = sum(1 for f, n in zip(files, names) if f.stem != n)
     print(f"wrote {len(pairs) - len(failed)} masks to {out / 'masks'} and overlays to "
-          f"{out / 'overlays'}")
+          f"{out / 'overlays'}; input → output in {mapping}")
+    if renamed:
+        print(f"note: {renamed} inputs share a file name with another input; their outputs are "
+              f"named <stem>_<ext>[_N] (see {mapping.name})")
+    if not_images:
+        shown = ", ".join(p.name for p in not_images[:5])
+        more = f" and {len(not_images) - 5} more" if len(not_images) > 5 else ""
+        print(f"wsss: skipped {len(not_images)} files that are not images "
+              f"(extension not in {' '.join(IMAGE_EXTENSIONS)}): {shown}{more}", file=sys.stderr)
     for message in failed:
         print(f"wsss: skipped {message}", file=sys.stderr)
-    return 2 if failed else 0
+    return 1 if failed else 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -267,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods, backbones, datasets, presets and stages")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("predict", help="segment arbitrary images with a trained checkpoint")
+    p = sub.add_parser("predict", help="segment arbitrary images with a trained checkpoint",
+                       epilog="exit codes: 0 every image written; 1 some images skipped (each "
+                              "named on stderr and in OUT/mapping.csv), the others written; 2 "
+                              "nothing done (bad argument, checkpoint or input)")
     p.add_argument("--checkpoint", required=True,
                    help="model.pt of train_segnet (or another predicting checkpoint)")
     p.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
@@ -280,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also score the mirrored image (default: the checkpoint's)")
     p.add_argument("--max-side", type=int, default=1024,
-                   help="score larger images at this longer side (masks keep the input size)")
+                   help="decode and score larger images at this longer side; the mask is "
+                        "upsampled (nearest) to the input size, overlays stay at this size")
+    p.add_argument("--max-pixels", type=int, default=250_000_000,
+                   help="refuse (skip, naming it) an image with more pixels than this")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--allow-unverified", action="store_true",
                    help="load a checkpoint that carries no sha256 (e.g. re-saved elsewhere)")

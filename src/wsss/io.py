@@ -203,11 +203,42 @@ def load_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            return pil_to_rgb(image, path)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
+
+
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pil_to_rgb(image: Image.Image, source: str | Path = "image") -> np.ndarray:
+    """A decoded PIL image as RGB uint8 (H, W, 3).
+
+    8-bit modes (grayscale, palette, RGBA, CMYK, ...) go through `convert("RGB")`. PIL's own
+    conversion clips 16-bit grayscale (mode `I;16*`) at 255, which turns a photo all white, so
+    16-bit values are scaled to 8 bits here: round(v / 257), 65535 → 255, the same for every
+    image (no per-image stretch, so images stay comparable). 32-bit integer images (`I`) are
+    read as 8-bit when their values fit 0..255 and as 16-bit when they fit 0..65535.
+
+    Raises:
+        DataError: a floating-point (`F`) image, or integer values outside 0..65535.
+    """
+    if image.mode in _16BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DataError(f"{source}: {image.mode} image with values {low}..{high}, outside "
+                            "0..65535; convert it to 8-bit RGB")
+        if image.mode in _16BIT_MODES or high > 255:
+            values = (values * 255 + 32767) // 65535  # round(v / 257)
+        gray = values.astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise DataError(f"{source}: floating-point image (PIL mode 'F') has no defined 8-bit "
+                        "scale; convert it to 8-bit RGB")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
 def save_cams(path: str | Path, cams: np.ndarray, keys: np.ndarray, **extra: np.ndarray) -> None:

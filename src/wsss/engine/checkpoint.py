@@ -49,8 +49,9 @@ def embedded_digest(data: bytes) -> tuple[str, str] | None:
     if length != len(comment) or not comment.startswith(_DIGEST_MARK):
         return None
     stored = comment[len(_DIGEST_MARK):].decode("ascii", "replace")
-    content = hashlib.sha256(data[:start + 20] + b"\x00\x00").hexdigest()
-    return stored, content
+    content = hashlib.sha256(memoryview(data)[:start + 20])  # no copy of a large file
+    content.update(b"\x00\x00")
+    return stored, content.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
