@@ -334,3 +334,53 @@ def test_predict_maps_clashing_names_and_reports_skips(tmp_path: Path, segnet_ch
     written = [by_input[str(p)]["mask"] for p in (d1 / "a.jpg", d1 / "a.png", d2 / "a.jpg")]
     assert len(set(written)) == 3 and all(Path(m).is_file() for m in written)
     assert by_input[str(d2 / "broken.png")]["status"].startswith("failed: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 15: progress bars only on a terminal; every run writes <run>/log.txt
+# ---------------------------------------------------------------------------------------------
+
+def test_no_bars_off_a_terminal_and_a_run_log(tmp_path: Path, synthetic_root: Path,
+                                              capsys) -> None:
+    code, out, err = run(capsys, "run", SMOKE, "--workdir", tmp_path / "runs", "--device", "cpu",
+                         "--until", "make_cam", "--set", f"data.root={synthetic_root}",
+                         "pipeline.tensorboard=false", "pipeline.report=false",
+                         "method.cam_flip=false")
+    assert code == 0, err
+    assert "\r" not in err  # stderr is not a terminal here: no bar frames
+    assert "epoch 1/1" in err  # a line per epoch instead
+    log_text = (tmp_path / "runs" / "smoke" / "log.txt").read_text()
+    assert "\r" not in log_text
+    for line in ("stage train_cam", "stage make_cam", "epoch 1/1", "run directory:"):
+        assert line in log_text, line
+    # A failing rerun appends its error line to the same log.
+    code, _, err = run(capsys, "run", SMOKE, "--workdir", tmp_path / "runs", "--device", "cpu",
+                       "--set", "data.dataset=custom", f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2
+    assert error_line(err) in (tmp_path / "runs" / "smoke" / "log.txt").read_text()
+
+
+class _Terminal:
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("env", "bars"), [(None, True), ("1", False), ("true", False),
+                                           ("0", True)])
+def test_tqdm_disable_is_respected(env: str | None, bars: bool, monkeypatch) -> None:
+    from wsss.logs import LineProgress, progress
+
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    if env is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    bar = progress(range(3), desc="x")
+    assert list(bar) == [0, 1, 2]
+    assert isinstance(bar, LineProgress) != bars

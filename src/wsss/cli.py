@@ -23,6 +23,7 @@ def _setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+        handler.close()
     if dist.is_main():  # only rank 0 logs
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -50,10 +51,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from wsss.engine import distributed as dist
 
     if dist.is_main():
-        print(results_table(result.run_dir))
-        print()
-        print(format_resources(result.outcomes))
-        print(f"\nrun directory: {result.run_dir}")
+        from wsss.logs import log_to_run_file
+
+        summary = (f"{results_table(result.run_dir)}\n\n{format_resources(result.outcomes)}"
+                   f"\n\nrun directory: {result.run_dir}")
+        print(summary)
+        log_to_run_file(summary)
         if cfg.pipeline.report:
             from wsss.report import write_report
 
@@ -350,13 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     from wsss.io import DataError
     from wsss.pipeline.artifacts import ManifestError
 
+    from wsss.logs import detach_run_log, log_to_run_file
+
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, ManifestError, TrainingError, OSError,
             ValueError, KeyError) as exc:
         _close_progress_bars()
         print(f"wsss: error: {_one_line(exc)}", file=sys.stderr)
+        log_to_run_file(f"wsss: error: {_one_line(exc)}", level=logging.ERROR)
         return 2
+    finally:
+        detach_run_log()
 
 
 def _close_progress_bars() -> None:

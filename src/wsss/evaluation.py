@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss.engine import distributed as dist
 from wsss.io import DataError, load_cams, load_mask, write_text
+from wsss.logs import progress
 from wsss.metrics.confusion import ConfusionMeter
 from wsss.metrics.contour import ContourMeter
 from wsss.metrics.sweep import ThresholdSweep
@@ -77,8 +77,7 @@ def evaluate_masks(
     contour_meter = ContourMeter(n) if contour else None
     items = _gt_items(dataset)
     _check_pred_dir(pred_dir, ".png", items[0][1] if items else None)
-    for index, name in tqdm(dist.shard(items), desc=desc, leave=False,
-                            disable=not dist.is_main()):
+    for index, name in progress(dist.shard(items), desc=desc, enabled=dist.is_main()):
         path = pred_dir / f"{name}.png"
         if not path.is_file():
             raise DataError(f"prediction missing: {path}")
@@ -117,8 +116,7 @@ def evaluate_cams(
     sweep = ThresholdSweep(n, thresholds)
     items = _gt_items(dataset)
     _check_pred_dir(cam_dir, ".npz", items[0][1] if items else None)
-    for index, name in tqdm(dist.shard(items), desc=desc, leave=False,
-                            disable=not dist.is_main()):
+    for index, name in progress(dist.shard(items), desc=desc, enabled=dist.is_main()):
         cams, keys = load_cams(cam_dir / f"{name}.npz")
         if keys.size and keys.min() == 0:  # an explicit background channel is dropped here
             cams, keys = cams[keys > 0], keys[keys > 0]

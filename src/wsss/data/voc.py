@@ -288,13 +288,9 @@ def size_mismatch(mask_path: Path | None, mask_hw: tuple[int, ...], image_path: 
 
 
 def _progress(iterable, *, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency; stay silent if it is missing
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
+    from wsss.logs import progress
+
+    return progress(iterable, total=total, desc=desc, enabled=enabled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,7 +636,7 @@ class SegmentationDataset(Dataset):
 
         Args:
             check_masks: also check masks (always done when labels come from masks).
-            progress: show a tqdm progress bar.
+            progress: show progress (a bar on a terminal, else log lines; `wsss.logs`).
 
         Returns:
             `ValidationReport` with the number of images and the background-only names.

@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
-
 from wsss.engine import distributed as dist
 from wsss.engine.checkpoint import (
     load_checkpoint,
@@ -28,6 +26,7 @@ from wsss.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from wsss.logs import progress
 
 log = logging.getLogger("wsss")
 
@@ -324,9 +323,9 @@ class Trainer:
                 self.on_epoch_start(self.epoch)
             if self.step_in_epoch == 0:
                 self.epoch_sums = {}
-            bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,
-                       desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
-                       disable=not dist.is_main())
+            bar = progress(self._loader(), total=self.steps_per_epoch,
+                           initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                           enabled=dist.is_main())
             for batch in bar:
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
                 values = self.train_step(batch)

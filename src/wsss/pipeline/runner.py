@@ -21,6 +21,7 @@ import torch
 from wsss.config import RunConfig, dump_config, select, to_dict
 from wsss.engine import distributed as dist
 from wsss.io import remove_temporaries, write_text
+from wsss.logs import attach_run_log
 from wsss.pipeline.artifacts import (
     fingerprint,
     read_in_progress,
@@ -150,6 +151,7 @@ def run_pipeline(
     run_dir = Path(cfg.pipeline.workdir) / cfg.pipeline.name
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+        attach_run_log(run_dir)  # <run>/log.txt gets every log line from here on
         remove_temporaries(run_dir)
         write_text(run_dir / "config.yaml", dump_config(cfg))
     dist.barrier()
