@@ -384,3 +384,77 @@ def test_tqdm_disable_is_respected(env: str | None, bars: bool, monkeypatch) -> 
     bar = progress(range(3), desc="x")
     assert list(bar) == [0, 1, 2]
     assert isinstance(bar, LineProgress) != bars
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 16: checkpoint cadence by steps or time (an epoch of one step writes no checkpoint per
+# step); lazy imports (`wsss list` imports no torchvision or scipy)
+# ---------------------------------------------------------------------------------------------
+
+def _count_saves(tmp_path: Path, monkeypatch, **kw) -> int:
+    import torch
+    from torch import nn
+
+    import wsss.engine.trainer as trainer_module
+    from wsss.engine.trainer import Trainer
+
+    class Toy(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> dict:
+            x = torch.randn(4)
+            return {"x": x, "y": x.sum().reshape(1)}
+
+    saves = {"n": 0}
+    real = trainer_module.save_checkpoint
+
+    def counted(path, state):
+        saves["n"] += 1
+        real(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", counted)
+    model = nn.Linear(4, 1)
+    Trainer(model=model, step_fn=lambda m, b: {"mse": ((m(b["x"]) - b["y"]) ** 2).mean()},
+            param_groups=[{"params": model.parameters(), "lr": 0.01}], dataset=Toy(),
+            out_dir=tmp_path, device=torch.device("cpu"), epochs=1, batch_size=4,
+            **kw).fit()
+    return saves["n"]
+
+
+def test_one_step_epochs_do_not_checkpoint_every_step(tmp_path: Path, monkeypatch) -> None:
+    # The segnet's iteration budget over a 4-image set: 12 epochs of one step each.
+    segnet = dict(max_steps=12, checkpoint_epochs=False)
+    assert _count_saves(tmp_path / "a", monkeypatch, **segnet) == 1  # the final state only
+    assert _count_saves(tmp_path / "b", monkeypatch, checkpoint_every=5, **segnet) == 3  # 5, 10, 12
+    assert _count_saves(tmp_path / "c", monkeypatch, checkpoint_seconds=1e-9, **segnet) == 12
+    assert _count_saves(tmp_path / "d", monkeypatch, max_steps=12) == 12  # per epoch (CAM nets)
+
+
+def test_wsss_list_imports_neither_torchvision_nor_scipy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    code = ("import sys; from wsss.cli import main; main(['list']); "
+            "print(sorted(m for m in ('torchvision', 'scipy', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_fully_skipped_rerun_keeps_the_report(tmp_path: Path, synthetic_root: Path,
+                                                capsys) -> None:
+    args = ["run", SMOKE, "--workdir", tmp_path / "runs", "--device", "cpu", "--until", "data",
+            "--set", f"data.root={synthetic_root}", "pipeline.tensorboard=false"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    report = tmp_path / "runs" / "smoke" / "report" / "index.html"
+    written = report.stat().st_mtime_ns
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "(no stage ran; unchanged)" in out
+    assert report.stat().st_mtime_ns == written
+    code, out, err = run(capsys, *args, "--set", "pipeline.tensorboard_images=4")  # config
+    assert code == 0 and "unchanged" not in out and report.stat().st_mtime_ns != written

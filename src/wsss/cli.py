@@ -58,15 +58,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary)
         log_to_run_file(summary)
         if cfg.pipeline.report:
-            from wsss.report import write_report
+            report = result.run_dir / "report" / "index.html"
+            if _report_is_current(result, report):
+                print(f"report: {report} (no stage ran; unchanged)")
+            else:
+                from wsss.io import write_text
+                from wsss.report import write_report
 
-            print(f"report: {write_report(result.run_dir)}")
+                print(f"report: {write_report(result.run_dir)}")
+                write_text(report.parent / REPORT_MARK, _config_digest(result.run_dir))
     return 0
+
+
+# Written beside the report by `wsss run` (not by `wsss report`, whose options may differ):
+# the sha256 of the config.yaml the report was made from.
+REPORT_MARK = ".run-config.sha256"
+
+
+def _config_digest(run_dir: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+
+
+def _report_is_current(result: Any, report: Path) -> bool:
+    """True when a rerun changed nothing the report shows: every stage was skipped, `wsss run`
+    wrote the report from this very config, and the report is newer than every manifest (a
+    fully skipped rerun then spends no seconds on plots)."""
+    mark = report.parent / REPORT_MARK
+    if not report.is_file() or not mark.is_file() or not result.outcomes:
+        return False
+    if any(o.status != "skipped" for o in result.outcomes):
+        return False
+    if mark.read_text().strip() != _config_digest(result.run_dir):
+        return False
+    written = report.stat().st_mtime
+    return all(m.stat().st_mtime <= written for m in result.run_dir.glob("*/manifest.json"))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from wsss.report import write_report
 
+    (Path(args.run_dir) / "report" / REPORT_MARK).unlink(missing_ok=True)  # options may differ
     print(f"wrote {write_report(args.run_dir, max_images=args.max_images)}")
     return 0
 

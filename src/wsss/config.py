@@ -281,6 +281,10 @@ class PipelineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
     workers: int = 1  # process pool for CPU-bound per-image work (dense CRF)
+    # Trainings also write last.pt when this many seconds have passed since the last one
+    # (0: only by train.checkpoint_every / segnet.checkpoint_every steps and, for the CAM
+    # network, each epoch's end). Outside every fingerprint: a resume is exact either way.
+    checkpoint_seconds: float = 1800.0
     # torch.compile the BatchNorm-folded inference copy of CAM networks (inductor, dynamic
     # shapes: one compile of 10-30 s on a CPU; identical maps; 1.0-1.2x on the 2-core CPU of
     # docs/performance.md). Needs a C++ compiler on CPU. Outside every fingerprint.
@@ -307,7 +311,8 @@ class PipelineConfig:
         "name": Check(lambda v: bool(v) and "/" not in v and v not in (".", ".."),
                       "a folder name (no '/')"),
         "device": Check(lambda v: bool(DEVICE_PATTERN.match(v)), "auto, cpu, cuda or cuda:N"),
-        "workers": at_least(1), "tensorboard_every": at_least(0),
+        "workers": at_least(1), "checkpoint_seconds": at_least(0),
+        "tensorboard_every": at_least(0),
         "tensorboard_image_every": at_least(0), "tensorboard_images": at_least(0),
     }
 
