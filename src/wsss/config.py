@@ -76,10 +76,10 @@ def optional(check: Check) -> Check:
     return Check(lambda v: v is None or check.ok(v), lambda: f"null or {check.describe()}")
 
 
-def pair(check: Check, *, ordered: bool = True) -> Check:
+def pair(check: Check) -> Check:
     """Two values [low, high], each passing `check`, low <= high."""
     return Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-                 and all(check.ok(x) for x in v) and (not ordered or v[0] <= v[1]),
+                 and all(check.ok(x) for x in v) and v[0] <= v[1],
                  lambda: f"[low, high] with low <= high, each {check.describe()}")
 
 
@@ -430,8 +430,9 @@ def load_config(
 def config_problems(node: Any, prefix: str = "") -> list[str]:
     """One line per invalid value in a config (sub)tree: the dotted key, the value, the range.
 
-    Rules come from each dataclass's `checks` and from `SUFFIX_CHECKS`; nested dataclasses are
-    walked. Values are checked after the merge, so a type is already right.
+    Rules come from each dataclass's `checks` (a method's config class may list its own) and
+    from `SUFFIX_CHECKS`; nested dataclasses are walked. Values are checked after the merge, so
+    a type is already right.
     """
     problems: list[str] = []
     rules: dict[str, Check] = getattr(type(node), "checks", {})
