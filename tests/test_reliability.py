@@ -241,7 +241,7 @@ def _reopen_training(run_dir: Path) -> Path:
     stage = run_dir / "train_cam"
     manifest = json.loads((stage / "manifest.json").read_text())
     (stage / ".inprogress.json").write_text(json.dumps({"fingerprint": manifest["fingerprint"]}))
-    for name in ("manifest.json", "model.pt", "model.pt.sha256", "history.json"):
+    for name in ("manifest.json", "model.pt", "history.json"):
         (stage / name).unlink()
     return stage / "last.pt"
 
@@ -365,8 +365,9 @@ def test_predict_refuses_a_checkpoint_that_does_not_fit(edit, expected, segnet_c
 
 def test_predict_refuses_a_corrupt_checkpoint(segnet_checkpoint: Path, synthetic_root: Path,
                                               tmp_path: Path, capsys) -> None:
+    # Copied without any side-car: the digest travels inside the file.
     path = Path(shutil.copy(segnet_checkpoint, tmp_path / "model.pt"))
-    shutil.copy(f"{segnet_checkpoint}.sha256", tmp_path / "model.pt.sha256")
+    assert not (tmp_path / "model.pt.sha256").exists()
     assert load_predictor(path).meta["num_classes"] == 3
     _flip_byte(path)
     code, err = run(capsys, "predict", "--checkpoint", path, "--input", synthetic_root /
@@ -382,7 +383,7 @@ def test_predict_skips_a_bad_image_naming_it(segnet_checkpoint: Path, tmp_path: 
     (folder / "empty.jpg").write_bytes(b"")
     code, err = run(capsys, "predict", "--checkpoint", segnet_checkpoint, "--input", folder,
                     "--out", tmp_path / "out", "--device", "cpu")
-    assert code == 2 and f"wsss: skipped {folder / 'empty.jpg'}: image file is empty" in err
+    assert code == 1 and f"wsss: skipped {folder / 'empty.jpg'}: image file is empty" in err
     assert load_mask(tmp_path / "out" / "masks" / "good.png").shape == (32, 40)
 
 
@@ -555,36 +556,77 @@ def test_interrupted_write_leaves_the_old_file(tmp_path: Path) -> None:
     assert path.read_bytes() == b"old" and partial_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("die_at", [1, 2, 3])
-def test_checkpoint_killed_between_its_files_still_loads(die_at: int, tmp_path: Path,
-                                                         monkeypatch) -> None:
-    """save_checkpoint writes three files (digest list, checkpoint, digest); a kill before any
-    of them leaves a checkpoint (old or new) whose digest is listed."""
+def test_checkpoint_killed_during_its_write_leaves_the_old_one(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """save_checkpoint is one atomic write (the digest is inside the file): a kill during it
+    leaves the old checkpoint, which still verifies."""
     import wsss.engine.checkpoint as checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": torch.tensor(1)})
-    writes = {"n": 0}
-    real_bytes, real_text = checkpoint.write_bytes, checkpoint.write_text
+    real = checkpoint.write_bytes
 
-    def counted(real):
-        def write(*args):
-            writes["n"] += 1
-            if writes["n"] == die_at:
-                raise Killed
-            real(*args)
-        return write
+    def killed_write(target, data):
+        from wsss.io import atomic_write
 
-    monkeypatch.setattr(checkpoint, "write_bytes", counted(real_bytes))
-    monkeypatch.setattr(checkpoint, "write_text", counted(real_text))
+        with atomic_write(target) as handle:
+            handle.write(data[: len(data) // 2])
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "write_bytes", killed_write)
     with pytest.raises(Killed):
         save_checkpoint(path, {"step": torch.tensor(2)})
-    step = int(load_checkpoint(path)["step"])
-    assert step == (1 if die_at <= 2 else 2)
-    monkeypatch.undo()
+    assert int(load_checkpoint(path)["step"]) == 1 and partial_files(tmp_path) == []
+    monkeypatch.setattr(checkpoint, "write_bytes", real)
     _flip_byte(path)
     with pytest.raises(CheckpointError, match="sha256 does not match"):
         load_checkpoint(path)
+
+
+def test_checkpoint_digest_travels_inside_the_file(tmp_path: Path) -> None:
+    """A copy without side-car still verifies; a file with no digest at all is refused unless
+    allowed; an old checkpoint with a `.sha256` side-car still loads and is checked."""
+    import hashlib
+    import io as _io
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"w": torch.arange(4)})
+    assert not (tmp_path / "model.pt.sha256").exists()
+    assert torch.equal(torch.load(path, weights_only=False)["w"], torch.arange(4))  # plain zip
+    copy = Path(shutil.copy(path, tmp_path / "copy.pt"))
+    assert torch.equal(load_checkpoint(copy)["w"], torch.arange(4))
+
+    buffer = _io.BytesIO()
+    torch.save({"w": torch.arange(4)}, buffer)  # an old-style file: no digest inside
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match=r"legacy\.pt: the checkpoint carries no sha256"):
+        load_checkpoint(legacy)
+    assert torch.equal(load_checkpoint(legacy, allow_unverified=True)["w"], torch.arange(4))
+    (tmp_path / "legacy.pt.sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest())
+    assert torch.equal(load_checkpoint(legacy)["w"], torch.arange(4))
+    _flip_byte(legacy)
+    with pytest.raises(CheckpointError, match=r"sha256 does not match legacy\.pt\.sha256"):
+        load_checkpoint(legacy)
+    # Saving over a legacy checkpoint drops its side-car (the digest is inside now).
+    save_checkpoint(legacy, {"w": torch.arange(2)})
+    assert not (tmp_path / "legacy.pt.sha256").exists()
+    assert torch.equal(load_checkpoint(legacy)["w"], torch.arange(2))
+
+
+def test_predict_refuses_an_unverifiable_checkpoint_unless_allowed(
+        segnet_checkpoint: Path, synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    state = torch.load(segnet_checkpoint, weights_only=False)
+    path = tmp_path / "foreign.pt"
+    torch.save(state, path)  # no digest anywhere (e.g. re-saved by another tool)
+    image = synthetic_root / "JPEGImages" / f"{NAME}.png"
+    code, err = run(capsys, "predict", "--checkpoint", path, "--input", image, "--out",
+                    tmp_path / "out", "--device", "cpu")
+    assert code == 2 and "carries no sha256" in error_line(err) and "--allow-unverified" in err
+    code, err = run(capsys, "predict", "--checkpoint", path, "--input", image, "--out",
+                    tmp_path / "out", "--device", "cpu", "--allow-unverified")
+    assert code == 0, err
+    assert (tmp_path / "out" / "masks" / f"{NAME}.png").is_file()
 
 
 @pytest.mark.slow

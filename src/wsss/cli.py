@@ -25,6 +25,7 @@ def _setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+        handler.close()
     if dist.is_main():  # only rank 0 logs
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -32,8 +33,9 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
-    """`--set` pairs plus the pipeline flags of `run` / `pretrain`, as dotted overrides."""
-    overrides = list(args.set or [])
+    """`--set` pairs (several per flag) plus the pipeline flags of `run` / `pretrain`, as dotted
+    overrides."""
+    overrides = [pair for group in args.set or [] for pair in group]
     if args.workdir:
         overrides.append(f"pipeline.workdir={args.workdir}")
     if args.device:
@@ -46,12 +48,13 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from wsss.config import find_preset, load_config
+    from wsss.config import check_device, find_preset, load_config
     from wsss.pipeline.artifacts import run_lock
     from wsss.pipeline.report import results_table
     from wsss.pipeline.runner import format_resources, run_pipeline
 
     cfg = load_config(find_preset(args.config), _run_overrides(args))
+    check_device(cfg.pipeline.device)
     from wsss.engine import distributed as dist
 
     # One process holds the run directory's lock over the run and the report; under torchrun
@@ -63,15 +66,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               force=args.force or (), wait=args.wait)
         if dist.is_main():
             with run_lock(result.run_dir, wait=args.wait):  # no other run rewrites it meanwhile
-                print(results_table(result.run_dir))
-                print()
-                print(format_resources(result.outcomes))
-                print(f"\nrun directory: {result.run_dir}")
-                if cfg.pipeline.report:
-                    from wsss.report import write_report
+                from wsss.logs import log_to_run_file
 
-                    print(f"report: {write_report(result.run_dir)}")
+                summary = (f"{results_table(result.run_dir)}\n\n"
+                           f"{format_resources(result.outcomes)}\n\nrun directory: {result.run_dir}")
+                print(summary)
+                log_to_run_file(summary)
+                if cfg.pipeline.report:
+                    _write_run_report(result)
     return 0
+
+
+def _write_run_report(result: Any) -> None:
+    """`wsss run`'s report: kept when nothing it shows changed (`_report_is_current`)."""
+    report = result.run_dir / "report" / "index.html"
+    if _report_is_current(result, report):
+        print(f"report: {report} (no stage ran; unchanged)")
+        return
+    from wsss.io import write_text
+    from wsss.report import write_report
+
+    print(f"report: {write_report(result.run_dir)}")
+    write_text(report.parent / REPORT_MARK, _config_digest(result.run_dir))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -101,7 +117,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.install:
         from wsss.weights import install_weights
 
-        command = " ".join(["wsss pretrain", *(f"--set {s}" for s in args.set or [])])
+        command = " ".join(["wsss pretrain", *(f"--set {' '.join(g)}" for g in args.set or [])])
         target = install_weights(Path(export["file"]), cfg.model.backbone, {
             "command": command, "preset": args.config or PRETRAIN_PRESET,
             "held_out_scores": scores, "seed": cfg.pipeline.seed,
@@ -114,9 +130,36 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 PRETRAIN_PRESET = "pretrain/synthetic"
 
 
+# Written beside the report by `wsss run` (not by `wsss report`, whose options may differ):
+# the sha256 of the config.yaml the report was made from.
+REPORT_MARK = ".run-config.sha256"
+
+
+def _config_digest(run_dir: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+
+
+def _report_is_current(result: Any, report: Path) -> bool:
+    """True when a rerun changed nothing the report shows: every stage was skipped, `wsss run`
+    wrote the report from this very config, and the report is newer than every manifest (a
+    fully skipped rerun then spends no seconds on plots)."""
+    mark = report.parent / REPORT_MARK
+    if not report.is_file() or not mark.is_file() or not result.outcomes:
+        return False
+    if any(o.status != "skipped" for o in result.outcomes):
+        return False
+    if mark.read_text().strip() != _config_digest(result.run_dir):
+        return False
+    written = report.stat().st_mtime
+    return all(m.stat().st_mtime <= written for m in result.run_dir.glob("*/manifest.json"))
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from wsss.report import write_report
 
+    (Path(args.run_dir) / "report" / REPORT_MARK).unlink(missing_ok=True)  # options may differ
     print(f"wrote {write_report(args.run_dir, max_images=args.max_images)}")
     return 0
 
@@ -190,38 +233,70 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """Exit codes: 0 every image written; 1 some images failed (each named on stderr and in
+    OUT/mapping.csv), the others written; 2 nothing done (bad argument, checkpoint or input)."""
+    import csv
+
     from PIL import Image
 
-    from wsss.io import DataError, save_mask, write_bytes
-    from wsss.pipeline.runner import resolve_device
-    from wsss.predict import list_images, load, output_names, overlay, to_rgb
-
+    from wsss.config import check_device
     from wsss.engine import distributed as dist
+    from wsss.io import IMAGE_EXTENSIONS, DataError, save_mask, write_bytes, write_text
+    from wsss.pipeline.runner import resolve_device
+    from wsss.predict import load, output_names, overlay, scan_inputs
 
+    check_device(args.device, "--device")
     device = resolve_device(args.device)
     dist.init_from_env(device)  # under torchrun, each rank predicts every N-th image
+    files, not_images = scan_inputs(args.input)
     predictor = load(args.checkpoint, device=device, scales=args.scales,
-                     flip=args.flip, crf=args.crf, max_side=args.max_side)
-    files = list_images(args.input)
-    pairs = dist.shard(list(zip(files, output_names(files))))
+                     flip=args.flip, crf=args.crf, max_side=args.max_side,
+                     allow_unverified=args.allow_unverified)
+    names = output_names(files)
+    pairs = dist.shard(list(zip(files, names)))
     out = Path(args.out)
-    failed = []
+    failed: list[str] = []
+    rows: list[tuple[str, str, str, str]] = []
     for path, name in pairs:
+        mask_path, overlay_path = out / "masks" / f"{name}.png", out / "overlays" / f"{name}.png"
         try:
-            image = to_rgb(path)
+            mask, work, work_mask = predictor.predict_file(path, max_pixels=args.max_pixels)
         except DataError as exc:
             failed.append(str(exc))
+            rows.append((str(path), "", "", f"failed: {exc}"))
             continue
-        mask = predictor.predict(image)
-        save_mask(out / "masks" / f"{name}.png", mask)
+        except (MemoryError, RuntimeError) as exc:  # torch reports out of memory as RuntimeError
+            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
+                raise
+            message = f"{path}: out of memory at --max-side {args.max_side}; lower it"
+            failed.append(message)
+            rows.append((str(path), "", "", f"failed: {message}"))
+            continue
+        save_mask(mask_path, mask)
         buffer = io.BytesIO()
-        Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
-        write_bytes(out / "overlays" / f"{name}.png", buffer.getvalue())
+        Image.fromarray(overlay(work, work_mask)).save(buffer, format="PNG")
+        write_bytes(overlay_path, buffer.getvalue())
+        rows.append((str(path), str(mask_path), str(overlay_path), "written"))
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["input", "mask", "overlay", "status"])
+    writer.writerows(rows)
+    mapping = out / ("mapping.csv" if dist.world_size() == 1 else f"mapping_rank{dist.rank()}.csv")
+    write_text(mapping, table.getvalue())
+    renamed = sum(1 for f, n in zip(files, names) if f.stem != n)
     print(f"wrote {len(pairs) - len(failed)} masks to {out / 'masks'} and overlays to "
-          f"{out / 'overlays'}")
+          f"{out / 'overlays'}; input → output in {mapping}")
+    if renamed:
+        print(f"note: {renamed} inputs share a file name with another input; their outputs are "
+              f"named <stem>_<ext>[_N] (see {mapping.name})")
+    if not_images:
+        shown = ", ".join(p.name for p in not_images[:5])
+        more = f" and {len(not_images) - 5} more" if len(not_images) > 5 else ""
+        print(f"wsss: skipped {len(not_images)} files that are not images "
+              f"(extension not in {' '.join(IMAGE_EXTENSIONS)}): {shown}{more}", file=sys.stderr)
     for message in failed:
         print(f"wsss: skipped {message}", file=sys.stderr)
-    return 2 if failed else 0
+    return 1 if failed else 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -284,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a config's pipeline (skips finished stages, resumes)")
     p.add_argument("config", help="a preset name as `wsss list` shows it (synthetic/demo) or a "
                                   "YAML file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--set", action="append", nargs="+", metavar="KEY=VALUE",
+                   help="override config keys: one or more KEY=VALUE pairs per --set, and the "
+                        "flag may repeat (put CONFIG before --set)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage")
@@ -300,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on the procedural corpus "
                        "(the weights behind model.pretrained: synthetic)")
-    p.add_argument("--config", help="a `pretrain` preset (default: configs/pretrain/synthetic.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--config", help="a `pretrain` preset (default: pretrain/synthetic)")
+    p.add_argument("--set", action="append", nargs="+", metavar="KEY=VALUE",
+                   help="override config keys: one or more KEY=VALUE pairs per --set")
     p.add_argument("--workdir", help="parent folder of run directories (pipeline.workdir)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (pipeline.device)")
     p.add_argument("--install", action="store_true",
@@ -330,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list methods, backbones, datasets, presets and stages")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("predict", help="segment arbitrary images with a trained checkpoint")
+    p = sub.add_parser("predict", help="segment arbitrary images with a trained checkpoint",
+                       epilog="exit codes: 0 every image written; 1 some images skipped (each "
+                              "named on stderr and in OUT/mapping.csv), the others written; 2 "
+                              "nothing done (bad argument, checkpoint or input)")
     p.add_argument("--checkpoint", required=True,
                    help="model.pt of train_segnet (or another predicting checkpoint)")
     p.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
@@ -343,8 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also score the mirrored image (default: the checkpoint's)")
     p.add_argument("--max-side", type=int, default=1024,
-                   help="score larger images at this longer side (masks keep the input size)")
+                   help="decode and score larger images at this longer side; the mask is "
+                        "upsampled (nearest) to the input size, overlays stay at this size")
+    p.add_argument("--max-pixels", type=int, default=250_000_000,
+                   help="refuse (skip, naming it) an image with more pixels than this")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a checkpoint that carries no sha256 (e.g. re-saved elsewhere)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("synth", help="write the synthetic data set (same as `data synth`)")
@@ -376,19 +462,25 @@ def main(argv: list[str] | None = None) -> int:
     from wsss.io import DataError
     from wsss.pipeline.artifacts import ManifestError, PipelineError, RunInterrupted
 
+    from wsss.logs import detach_run_log, log_to_run_file
+
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, ManifestError, PipelineError,
             TrainingError, OSError, ValueError, KeyError) as exc:
         _close_progress_bars()
         print(f"wsss: error: {_one_line(exc)}", file=sys.stderr)
+        log_to_run_file(f"wsss: error: {_one_line(exc)}", level=logging.ERROR)
         return 2
     except KeyboardInterrupt as exc:
         _close_progress_bars()
         message = str(exc) if isinstance(exc, RunInterrupted) else (
             "interrupted; rerun the same command to go on (finished work is kept)")
         print(f"\nwsss: {message}", file=sys.stderr)
+        log_to_run_file(f"wsss: {message}", level=logging.ERROR)
         return 130
+    finally:
+        detach_run_log()
 
 
 def _close_progress_bars() -> None:

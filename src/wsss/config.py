@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +26,103 @@ class ConfigError(ValueError):
     """An invalid config: the message names the dotted key (and a close valid one)."""
 
 
+# --------------------------------------------------------------------------------------------
+# Value checks: each config class lists its rules in a `checks` class variable (field name →
+# `Check`); `validate` walks the tree and applies them, plus two naming rules (STYLE §15) that
+# hold for every section, methods included: `*_threshold` is a score in [0, 1] and `*scales` a
+# non-empty list of positive factors.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule for one config value: `ok(value)` is True when valid; `valid` says what is (a
+    text, or a callable giving it, for ranges read from a registry when a message needs them)."""
+
+    ok: Callable[[Any], bool]
+    valid: str | Callable[[], str]
+
+    def describe(self) -> str:
+        return self.valid() if callable(self.valid) else self.valid
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: _number(v) and v >= low, f">= {low}")
+
+
+def above(low: float) -> Check:
+    return Check(lambda v: _number(v) and v > low, f"> {low}")
+
+
+def between(low: float, high: float, *, high_open: bool = False) -> Check:
+    if high_open:
+        return Check(lambda v: _number(v) and low <= v < high, f"in [{low}, {high})")
+    return Check(lambda v: _number(v) and low <= v <= high, f"in [{low}, {high}]")
+
+
+def one_of(choices: Callable[[], list[Any]] | tuple[Any, ...]) -> Check:
+    """A value from a fixed tuple, or from a callable (a registry, imported when checked)."""
+    def names() -> list[Any]:
+        return list(choices() if callable(choices) else choices)
+
+    return Check(lambda v: v in names(), lambda: "one of " + ", ".join(map(str, names())))
+
+
+def optional(check: Check) -> Check:
+    return Check(lambda v: v is None or check.ok(v), lambda: f"null or {check.describe()}")
+
+
+def pair(check: Check) -> Check:
+    """Two values [low, high], each passing `check`, low <= high."""
+    return Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                 and all(check.ok(x) for x in v) and v[0] <= v[1],
+                 lambda: f"[low, high] with low <= high, each {check.describe()}")
+
+
+def nonempty_list(check: Check) -> Check:
+    return Check(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                 and all(check.ok(x) for x in v),
+                 lambda: f"a non-empty list, each {check.describe()}")
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _backbones() -> list[str]:
+    from wsss.models.backbones import BACKBONES
+
+    return BACKBONES.names()
+
+
+def _datasets() -> list[str]:
+    from wsss.data import DATASETS
+
+    return DATASETS.names()
+
+
+def _segnet_archs() -> list[str]:
+    from wsss.models.segnet import ARCHS
+
+    return sorted(ARCHS)
+
+
+def _crf_presets() -> list[str]:
+    from wsss.predict import crf_presets
+
+    return sorted(crf_presets())
+
+
+# Naming rules (suffix → check) applied to every field of every section.
+SUFFIX_CHECKS: dict[str, Check] = {
+    "_threshold": between(0.0, 1.0),
+    "scales": nonempty_list(above(0)),
+}
+
+
 @dataclass
 class SyntheticConfig:
     """Parameters of the built-in synthetic data (used when the root holds no data yet)."""
@@ -32,6 +131,10 @@ class SyntheticConfig:
     num_val: int = 200
     image_size: int = 160
     seed: int = 0
+
+    checks: ClassVar[dict[str, Check]] = {
+        "num_train": at_least(1), "num_val": at_least(1), "image_size": at_least(1),
+    }
 
 
 @dataclass
@@ -52,6 +155,12 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    checks: ClassVar[dict[str, Check]] = {
+        "dataset": one_of(_datasets), "labels_from": one_of(("auto", "masks", "cls_labels", "csv")),
+        "image_dir": nonempty_list(Check(lambda v: bool(v), "a folder name")),
+        "max_image_side": optional(at_least(1)), "num_workers": at_least(0),
+    }
+
 
 @dataclass
 class ModelConfig:
@@ -61,6 +170,10 @@ class ModelConfig:
     output_stride: int = 16
     pretrained: str = "none"  # none | imagenet | path to a state dict
     frozen_bn: bool = True  # IRN's FixedBatchNorm; set false when training from scratch
+
+    checks: ClassVar[dict[str, Check]] = {
+        "backbone": one_of(_backbones), "output_stride": one_of((8, 16, 32)),
+    }
 
 
 @dataclass
@@ -96,6 +209,17 @@ class TrainConfig:
     # last epoch's weights.
     select_epochs: list[int] = field(default_factory=list)
 
+    checks: ClassVar[dict[str, Check]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "crop_size": at_least(1),
+        "resize_long": optional(pair(at_least(1))), "scale_range": optional(pair(above(0))),
+        "color_jitter": optional(Check(lambda v: len(v) == 4 and all(x >= 0 for x in v),
+                                       "[brightness, contrast, saturation, hue], each >= 0")),
+        "optimizer": one_of(("sgd", "adam")), "lr": above(0), "head_lr_mult": at_least(0),
+        "weight_decay": at_least(0), "momentum": between(0, 1, high_open=True),
+        "poly_power": at_least(0), "grad_clip": optional(above(0)), "log_every": at_least(1),
+        "checkpoint_every": at_least(0),
+    }
+
 
 @dataclass
 class EvalConfig:
@@ -107,6 +231,12 @@ class EvalConfig:
     absent: str = "nan"  # absent classes: nan (excluded, chainercv) | zero (SEAM-style)
     contour: bool = True
     plots: bool = True
+
+    checks: ClassVar[dict[str, Check]] = {
+        "sweep_start": between(0, 1), "sweep_stop": between(0, 1),
+        "sweep_step": Check(lambda v: _number(v) and 0 < v <= 1, "in (0, 1]"),
+        "absent": one_of(("nan", "zero")),
+    }
 
 
 @dataclass
@@ -155,6 +285,16 @@ class SegnetConfig:
     crf: bool = True  # report masks with and without the dense CRF
     crf_preset: str = "deeplabv2"  # a name in `wsss.predict.crf_presets()`
 
+    checks: ClassVar[dict[str, Check]] = {
+        "arch": one_of(_segnet_archs), "backbone": one_of(_backbones),
+        "output_stride": one_of((8, 16, 32)), "iterations": at_least(1),
+        "batch_size": at_least(1), "lr": above(0), "head_lr_mult": at_least(0),
+        "poly_power": at_least(0), "weight_decay": at_least(0),
+        "momentum": between(0, 1, high_open=True), "crop_size": at_least(1),
+        "scale_range": pair(above(0)), "checkpoint_every": at_least(0),
+        "crf_preset": one_of(_crf_presets),
+    }
+
 
 @dataclass
 class PipelineConfig:
@@ -169,6 +309,10 @@ class PipelineConfig:
     # Dtype of stored CAM files (`wsss.io.save_cams`): float32 as the official code; float16
     # halves the disk but flips about 20 seed pixels per VOC image after the CRF.
     cam_dtype: str = "float32"  # float32 | float16
+    # Trainings also write last.pt when this many seconds have passed since the last one
+    # (0: only by train.checkpoint_every / segnet.checkpoint_every steps and, for the CAM
+    # network, each epoch's end). Outside every fingerprint: a resume is exact either way.
+    checkpoint_seconds: float = 1800.0
     # torch.compile the BatchNorm-folded inference copy of CAM networks (inductor, dynamic
     # shapes: one compile of 10-30 s on a CPU; identical maps; 1.0-1.2x on the 2-core CPU of
     # docs/performance.md). Needs a C++ compiler on CPU. Outside every fingerprint.
@@ -195,6 +339,15 @@ class PipelineConfig:
     tensorboard_image_every: int = 100  # training steps between input-image grids (0: none)
     tensorboard_images: int = 8  # images per eval stage: input, CAM / mask, ground truth
     report: bool = True  # `wsss run` writes <run>/report/index.html at the end
+
+    checks: ClassVar[dict[str, Check]] = {
+        "name": Check(lambda v: bool(v) and "/" not in v and v not in (".", ".."),
+                      "a folder name (no '/')"),
+        "device": Check(lambda v: bool(DEVICE_PATTERN.match(v)), "auto, cpu, cuda or cuda:N"),
+        "workers": at_least(1), "checkpoint_seconds": at_least(0),
+        "tensorboard_every": at_least(0),
+        "tensorboard_image_every": at_least(0), "tensorboard_images": at_least(0),
+    }
 
 
 @dataclass
@@ -400,7 +553,71 @@ def load_config(
     if cfg.pipeline.generate_data is None:
         given = {item.split("=", 1)[0].strip() for item in overrides}
         cfg.pipeline.generate_data = not ({"data.root", "data"} & given)
+    validate(cfg)
     return cfg
+
+
+def config_problems(node: Any, prefix: str = "") -> list[str]:
+    """One line per invalid value in a config (sub)tree: the dotted key, the value, the range.
+
+    Rules come from each dataclass's `checks` (a method's config class may list its own) and
+    from `SUFFIX_CHECKS`; nested dataclasses are walked. Values are checked after the merge, so
+    a type is already right.
+    """
+    problems: list[str] = []
+    rules: dict[str, Check] = getattr(type(node), "checks", {})
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            problems.extend(config_problems(value, key + "."))
+            continue
+        checks = [rules[f.name]] if f.name in rules else []
+        checks += [c for suffix, c in SUFFIX_CHECKS.items()
+                   if f.name.endswith(suffix) and value is not None]
+        for check in checks:
+            if not check.ok(value):
+                problems.append(f"config key '{key}' = {value!r} is invalid: valid is "
+                                f"{check.describe()}")
+                break
+    return problems
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value of a merged config before any stage runs.
+
+    Raises:
+        ConfigError: one line per invalid key ("config key 'train.epochs' = 0 is invalid:
+            valid is >= 1"), joined by "; ".
+    """
+    problems = config_problems(cfg)
+    if cfg.eval.sweep_start >= cfg.eval.sweep_stop and not problems:
+        problems.append(f"config keys 'eval.sweep_start' = {cfg.eval.sweep_start} and "
+                        f"'eval.sweep_stop' = {cfg.eval.sweep_stop}: start must be below stop")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def check_device(name: str, key: str = "config key 'pipeline.device'") -> None:
+    """Refuse a `pipeline.device` this machine does not have (a CUDA device without a GPU, an
+    index beyond the GPUs), before any stage runs.
+
+    Raises:
+        ConfigError: naming the key, the value and the devices available here.
+    """
+    import torch
+
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"{key} = {name!r} is invalid: valid is auto, cpu, cuda or cuda:N")
+    if not name.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= count:
+        here = "auto, cpu" + (", cuda" + "".join(f", cuda:{i}" for i in range(count))
+                              if count else "")
+        raise ConfigError(f"{key} = {name!r}: this machine has "
+                          f"{count} CUDA GPU(s); valid here: {here}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

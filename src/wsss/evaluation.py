@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss.engine import distributed as dist
 from wsss.io import DataError, load_cams, load_mask, write_text
+from wsss.logs import progress
 from wsss.metrics.confusion import ConfusionMeter
 from wsss.metrics.contour import ContourMeter
 from wsss.metrics.sweep import ThresholdSweep
@@ -27,6 +27,30 @@ def _gt_items(dataset: Any, names: list[str] | None = None) -> list[tuple[int, s
         raise DataError(f"split has no ground-truth masks under {dataset.root}; cannot evaluate")
     wanted = set(names) if names is not None else None
     return [(i, n) for i, n in enumerate(dataset.names) if wanted is None or n in wanted]
+
+
+def _check_pred_dir(pred_dir: Path, suffix: str, first: str | None) -> None:
+    """Name the real problem before the first missing file: a folder that does not exist, or
+    one holding the other kind of prediction (CAM `.npz` files given as masks, or masks given
+    as CAMs)."""
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder not found: {pred_dir}")
+    if first is None or (pred_dir / f"{first}{suffix}").is_file():
+        return
+    other = ".npz" if suffix == ".png" else ".png"
+    if not any(pred_dir.glob(f"*{suffix}")) and any(pred_dir.glob(f"*{other}")):
+        hint = ("it holds CAM .npz files: add --cams (or use `wsss sweep`)" if suffix == ".png"
+                else "it holds .png masks: drop --cams (or use `wsss eval`)")
+        raise DataError(f"{pred_dir}: no {suffix} predictions ({first}{suffix} missing); {hint}")
+
+
+def _check_pred_values(pred: np.ndarray, num_classes: int, path: Path) -> None:
+    """Predicted values must be class indices 0..C or 255 (abstain)."""
+    values = np.flatnonzero(np.bincount(pred.reshape(-1), minlength=256))
+    bad = values[(values > num_classes) & (values != 255)]
+    if bad.size:
+        raise DataError(f"{path}: predicted values {bad[:8].tolist()} outside 0..{num_classes} "
+                        f"and 255 (the dataset has {num_classes} foreground classes)")
 
 
 def _check_shape(pred: np.ndarray, gt: np.ndarray, path: Path) -> None:
@@ -51,12 +75,14 @@ def evaluate_masks(
     n = dataset.num_classes + 1
     meter = ConfusionMeter(n)
     contour_meter = ContourMeter(n) if contour else None
-    for index, name in tqdm(dist.shard(_gt_items(dataset)), desc=desc, leave=False,
-                            disable=not dist.is_main()):
+    items = _gt_items(dataset)
+    _check_pred_dir(pred_dir, ".png", items[0][1] if items else None)
+    for index, name in progress(dist.shard(items), desc=desc, enabled=dist.is_main()):
         path = pred_dir / f"{name}.png"
         if not path.is_file():
             raise DataError(f"prediction missing: {path}")
         pred = load_mask(path)
+        _check_pred_values(pred, dataset.num_classes, path)
         gt = dataset.load_mask(index)
         _check_shape(pred, gt, path)
         meter.update(pred, gt)
@@ -88,8 +114,9 @@ def evaluate_cams(
     n = dataset.num_classes + 1
     fixed = ConfusionMeter(n)
     sweep = ThresholdSweep(n, thresholds)
-    for index, name in tqdm(dist.shard(_gt_items(dataset)), desc=desc, leave=False,
-                            disable=not dist.is_main()):
+    items = _gt_items(dataset)
+    _check_pred_dir(cam_dir, ".npz", items[0][1] if items else None)
+    for index, name in progress(dist.shard(items), desc=desc, enabled=dist.is_main()):
         cams, keys = load_cams(cam_dir / f"{name}.npz")
         if keys.size and keys.min() == 0:  # an explicit background channel is dropped here
             cams, keys = cams[keys > 0], keys[keys > 0]

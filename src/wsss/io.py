@@ -1,7 +1,9 @@
 """On-disk formats (palette PNG masks, `.npz` CAMs, RGB images) with atomic writes.
 
 Every writer goes through `atomic_write`: the data lands in a temporary file in the same folder
-and is moved into place with `os.replace`, so no partial file ever carries an output name.
+and is moved into place with `os.replace`, so no partial file ever carries an output name. The
+file gets the mode a plain `open()` would give (0666 less the umask), not the temporary file's
+private 0600.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +51,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
         _raise_named(exc, path)
     try:
         with os.fdopen(fd, mode) as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -59,6 +63,25 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[_io.IOBase]:
         if isinstance(exc, OSError):
             _raise_named(exc, path)
         raise
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: from /proc/self/status on Linux (no race), else by setting and
+    restoring it under a lock."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _raise_named(exc: OSError, path: Path) -> None:
@@ -180,11 +203,42 @@ def load_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            return pil_to_rgb(image, path)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
+
+
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pil_to_rgb(image: Image.Image, source: str | Path = "image") -> np.ndarray:
+    """A decoded PIL image as RGB uint8 (H, W, 3).
+
+    8-bit modes (grayscale, palette, RGBA, CMYK, ...) go through `convert("RGB")`. PIL's own
+    conversion clips 16-bit grayscale (mode `I;16*`) at 255, which turns a photo all white, so
+    16-bit values are scaled to 8 bits here: round(v / 257), 65535 → 255, the same for every
+    image (no per-image stretch, so images stay comparable). 32-bit integer images (`I`) are
+    read as 8-bit when their values fit 0..255 and as 16-bit when they fit 0..65535.
+
+    Raises:
+        DataError: a floating-point (`F`) image, or integer values outside 0..65535.
+    """
+    if image.mode in _16BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DataError(f"{source}: {image.mode} image with values {low}..{high}, outside "
+                            "0..65535; convert it to 8-bit RGB")
+        if image.mode in _16BIT_MODES or high > 255:
+            values = (values * 255 + 32767) // 65535  # round(v / 257)
+        gray = values.astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise DataError(f"{source}: floating-point image (PIL mode 'F') has no defined 8-bit "
+                        "scale; convert it to 8-bit RGB")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
 CAM_DTYPES = ("float32", "float16")

@@ -41,6 +41,11 @@ _SEGNET_CRF_PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 
+# Largest image `predict_file` opens (250 megapixels, e.g. 18000x14000): the full-size mask is
+# one byte per pixel and a non-JPEG file is decoded whole (3 bytes per pixel) before reducing.
+DEFAULT_MAX_PIXELS = 250_000_000
+
+
 def crf_presets() -> dict[str, dict[str, int | float]]:
     """Named dense-CRF settings: `wsss.ops.crf.CRF_PRESETS` plus the DeepLab-v2 test preset."""
     return {**CRF_PRESETS, **_SEGNET_CRF_PRESETS}
@@ -115,21 +120,20 @@ def to_rgb(image: Any) -> np.ndarray:
 
     Args:
         image: a path (EXIF orientation applied), a PIL image (EXIF applied; grayscale,
-            palette, RGBA and 16-bit modes converted) or an array: uint8 (H, W) grayscale,
+            palette, RGBA and 16-bit modes converted as `wsss.io.pil_to_rgb` does for
+            training) or an array: uint8 (H, W) grayscale,
             (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped).
 
     Raises:
-        DataError: unreadable file; ValueError: an array of another shape or dtype.
+        DataError: unreadable file or a float image; ValueError: an array of another shape or
+            dtype.
     """
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        pil = ImageOps.exif_transpose(image)
-        if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(pil, dtype=np.float64)
-            peak = array.max() or 1.0
-            pil = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
-        return np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()
+        from wsss.io import pil_to_rgb
+
+        return pil_to_rgb(ImageOps.exif_transpose(image))  # 16-bit scaled as in training
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"image array must be uint8, got {array.dtype}")
@@ -358,18 +362,19 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: torch.device | str = "cpu",
-                        **overrides: Any) -> Predictor:
+                        allow_unverified: bool = False, **overrides: Any) -> Predictor:
         """Rebuild the network named by the checkpoint's meta and load its weights.
 
         Args:
+            allow_unverified: load a checkpoint that carries no sha256 (see `load_checkpoint`).
             overrides: `scales`, `flip`, `crf`, `crf_params`, `max_side` replacing the test
                 settings stored in the checkpoint; `merge` ("mean" / "max") replaces a segnet
                 checkpoint's view merge.
 
         Raises:
-            CheckpointError: missing, corrupt or non-predicting checkpoint.
+            CheckpointError: missing, corrupt, unverifiable or non-predicting checkpoint.
         """
-        state = load_checkpoint(path, map_location="cpu")
+        state = load_checkpoint(path, map_location="cpu", allow_unverified=allow_unverified)
         meta = state.get("meta") or {}
         if "class_names" not in meta:
             raise CheckpointError(f"{path}: checkpoint meta has no class names")
@@ -413,8 +418,42 @@ class Predictor:
         Returns:
             uint8 (H, W) class indices, 0 = background.
         """
-        rgb, probs = self._probs(to_rgb(image))
-        return self.mask_from_probs(rgb, probs, crf=self.crf if crf is None else crf)
+        rgb = to_rgb(image)
+        work = self.capped(rgb)
+        mask = self.work_mask(work, crf=crf)
+        return upsample_mask(mask, rgb.shape[:2])
+
+    def predict_file(self, path: str | Path, *, crf: bool | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mask of an image file, with memory bounded by `max_side`, not by the file.
+
+        The file is decoded at most `max_side` on its longer side (JPEG decodes reduced, other
+        formats are reduced right after decoding), scored (and CRF-refined) there, and only the
+        argmax is upsampled (nearest) to the file's size.
+
+        Returns:
+            mask uint8 (H, W) at the file's size (after EXIF rotation), the scored RGB image
+            uint8 (h, w, 3) and its mask uint8 (h, w).
+
+        Raises:
+            DataError: unreadable file, or more than `max_pixels` pixels.
+        """
+        work, size = open_capped(path, max_side=self.max_side, max_pixels=max_pixels)
+        mask = self.work_mask(work, crf=crf)
+        return upsample_mask(mask, size), work, mask
+
+    def capped(self, rgb: np.ndarray) -> np.ndarray:
+        """`rgb` reduced (bicubic) to `max_side` on its longer side, or as it is."""
+        height, width = rgb.shape[:2]
+        if self.max_side is not None and max(height, width) > self.max_side:
+            return pil_rescale(rgb, self.max_side / max(height, width), order=3)
+        return rgb
+
+    def work_mask(self, work: np.ndarray, *, crf: bool | None = None) -> np.ndarray:
+        """Mask uint8 (h, w) of an image already at the scoring size (see `capped`)."""
+        probs = self._scores(work).cpu().numpy().astype(np.float32)
+        return self.mask_from_probs(work, probs, crf=self.crf if crf is None else crf)
 
     def mask_from_probs(self, rgb: np.ndarray, probs: np.ndarray, *, crf: bool) -> np.ndarray:
         """Argmax of `probs` (C + 1, H, W), after the dense CRF when `crf`."""
@@ -422,22 +461,27 @@ class Predictor:
             probs = dense_crf(rgb, probs, **self.crf_params)
         return np.argmax(probs, axis=0).astype(np.uint8)
 
-    def _probs(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        height, width = rgb.shape[:2]
-        work = rgb
-        if self.max_side is not None and max(height, width) > self.max_side:
-            work = pil_rescale(rgb, self.max_side / max(height, width), order=3)
+    def _scores(self, work: np.ndarray) -> torch.Tensor:
+        """Merged scores (C + 1, h, w) of an image at the scoring size."""
         sm = self.score_model
         with torch.inference_mode():
             if sm.views is not None:
-                probs = sm.views(self.model, work, self.scales, self.flip, self.device).float()
-            elif sm.scores is not None:
-                probs = multiscale_probs(lambda x: sm.scores(self.model, x), work,
-                                         scales=self.scales, flip=self.flip, merge=sm.merge,
-                                         mean=self.mean, std=self.std, device=self.device)
-            else:
-                raise ValueError("a ScoreModel needs `scores` or `views`")
-            if work is not rgb:
+                return sm.views(self.model, work, self.scales, self.flip, self.device).float()
+            if sm.scores is not None:
+                return multiscale_probs(lambda x: sm.scores(self.model, x), work,
+                                        scales=self.scales, flip=self.flip, merge=sm.merge,
+                                        mean=self.mean, std=self.std, device=self.device)
+        raise ValueError("a ScoreModel needs `scores` or `views`")
+
+    def _probs(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores at the input's size (bilinear from the scoring size): `predict_probs` only;
+        masks upsample the argmax instead (a (C + 1, H, W) float array of a large photo is
+        gigabytes)."""
+        height, width = rgb.shape[:2]
+        work = self.capped(rgb)
+        probs = self._scores(work)
+        if work is not rgb:
+            with torch.inference_mode():
                 probs = F.interpolate(probs[None], size=(height, width), mode="bilinear",
                                       align_corners=False)[0]
         return rgb, probs.cpu().numpy().astype(np.float32)
@@ -445,6 +489,89 @@ class Predictor:
 
 def crf_params_default() -> dict[str, int | float]:
     return crf_params("deeplabv2")
+
+
+def upsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of a class-index mask (h, w) to `size` (H, W); uint8 out."""
+    if mask.shape == tuple(size):
+        return mask.astype(np.uint8, copy=False)
+    image = Image.fromarray(mask.astype(np.uint8, copy=False), mode="L")
+    return np.array(image.resize((size[1], size[0]), Image.NEAREST), dtype=np.uint8)
+
+
+def open_capped(path: str | Path, *, max_side: int | None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file as RGB uint8 at most `max_side` on its longer side.
+
+    JPEG files decode reduced (libjpeg DCT scaling, `Image.draft`, to the smallest power-of-two
+    reduction at least the target); other formats decode whole and are reduced at once (PIL
+    `reduce`, then bicubic to the exact target, `round(side · max_side / longer side)`). EXIF
+    orientation is applied.
+
+    Returns:
+        the image uint8 (h, w, 3) and the file's full size (H, W) after EXIF rotation.
+
+    Raises:
+        DataError: missing, empty or undecodable file, or more than `max_pixels` pixels.
+    """
+    from wsss.data.voc import exif_orientation
+    from wsss.io import pil_to_rgb
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: image file is empty (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked here, against max_pixels
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(
+                    f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} megapixels), "
+                    f"above --max-pixels {max_pixels} ({max_pixels / 1e6:.0f} megapixels): its "
+                    "full-size mask would not fit; split or shrink the image"
+                )
+            scale = 1.0
+            if max_side is not None and max(width, height) > max_side:
+                scale = max_side / max(width, height)
+                target = (max(1, round(width * scale)), max(1, round(height * scale)))
+                if image.format == "JPEG":
+                    image.draft("RGB", target)
+                image.load()
+                if image.mode not in ("RGB", "L"):  # 16-bit, palette, alpha, CMYK: 8-bit RGB
+                    image = Image.fromarray(pil_to_rgb(image, path))
+                factor = min(image.size[0] // target[0], image.size[1] // target[1])
+                if factor >= 2:
+                    image = image.reduce(factor)
+                image = image.resize(target, Image.BICUBIC)
+            else:
+                image.load()
+            orientation = exif_orientation(path)
+            rgb = pil_to_rgb(image, path)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable or truncated image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    rgb = _apply_orientation(rgb, orientation)
+    full = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+    return rgb, full
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation 2-8 applied to an (h, w, 3) array (as `ImageOps.exif_transpose`)."""
+    ops = {2: [Image.FLIP_LEFT_RIGHT], 3: [Image.ROTATE_180], 4: [Image.FLIP_TOP_BOTTOM],
+           5: [Image.TRANSPOSE], 6: [Image.ROTATE_270], 7: [Image.TRANSVERSE],
+           8: [Image.ROTATE_90]}.get(orientation, [])
+    if not ops:
+        return rgb
+    image = Image.fromarray(rgb)
+    for op in ops:
+        image = image.transpose(op)
+    return np.array(image)  # writable (the CRF writes into its input buffer)
 
 
 def load(checkpoint: str | Path, *, device: torch.device | str = "cpu",
@@ -459,19 +586,25 @@ def load(checkpoint: str | Path, *, device: torch.device | str = "cpu",
     return Predictor.from_checkpoint(checkpoint, device=device, **overrides)
 
 
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named by `inputs`: files as given, folders expanded (sorted, non-recursive,
-    known image extensions only).
+def scan_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Image files named by `inputs` and the files of its folders that are not images.
+
+    Files are taken as given; folders are expanded (sorted, non-recursive): files with a known
+    image extension are images, other files are returned as skipped (sub-folders and hidden
+    files are ignored).
 
     Raises:
         DataError: an input that does not exist, or no images at all.
     """
     files: list[Path] = []
+    skipped: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+            for p in sorted(path.iterdir()):
+                if not p.is_file() or p.name.startswith("."):
+                    continue
+                (files if p.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(p)
         elif path.is_file():
             files.append(path)
         else:
@@ -479,7 +612,12 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                         f"{', '.join(map(str, inputs))}")
-    return files
+    return files, skipped
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named by `inputs` (see `scan_inputs`)."""
+    return scan_inputs(inputs)[0]
 
 
 def output_names(files: Sequence[Path]) -> list[str]:

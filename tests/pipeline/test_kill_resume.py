@@ -31,7 +31,7 @@ from ..conftest import ROOT, SMOKE
 
 # A run small enough for a dozen restarts: 24 + 8 images at 48 px, two epochs with a checkpoint
 # every 2 steps, and a resnet18 segnet of 6 iterations. TensorBoard and the HTML report hold
-# wall-clock times, so they are off; `stages.json` (timings) is not compared.
+# wall-clock times, so they are off; `stages.json` (timings) and `log.txt` are not compared.
 RUN_OVERRIDES = [
     "pipeline.device=cpu", "pipeline.tensorboard=false", "pipeline.report=false",
     "train.epochs=2", "train.checkpoint_every=2",
@@ -41,7 +41,9 @@ SEGNET_OVERRIDES = [
     "segnet.batch_size=4", "segnet.crop_size=48", "segnet.checkpoint_every=2",
     "segnet.crf=false",
 ]
-NOT_COMPARED = {"stages.json", ".lock"}  # .lock: the pid and start time of the run holding it
+# stages.json: timings; .lock: the pid and start time of the run holding it; log.txt: the log
+# holds times and the kills
+NOT_COMPARED = {"stages.json", ".lock", "log.txt"}
 # Manifest fields that differ between any two runs: a fresh completion id (so the fingerprints
 # built on it), timings, and how many items this particular process computed.
 VOLATILE_MANIFEST = {"completion", "fingerprint", "upstream", "resources", "finished_at",
@@ -104,7 +106,7 @@ def check_loadable(path: Path) -> None:
             for key in data.files:
                 data[key]
     elif suffix == ".pt":
-        load_checkpoint(path)  # also verifies the sha256 list
+        load_checkpoint(path)  # also verifies the sha256 inside
     elif suffix == ".json":
         json.loads(path.read_text())
     elif suffix == ".yaml":
@@ -221,13 +223,12 @@ def test_two_kills_resume_to_identical_outputs(tmp_path: Path, synthetic_root: P
     """Fast variant (forked runs, up to make_cam): a kill in training, one among the CAMs."""
     stages = ["data", "train_cam", "make_cam"]
     overrides = [f"data.root={synthetic_root}", *RUN_OVERRIDES]
-    # 3 steps per epoch, checkpoints after steps 2 and 4 and at each epoch's end. Process 1
-    # writes config.yaml, data's in-progress marker and manifest, train_cam's marker, last.pt
-    # and its digest (step 2), then per later checkpoint the digest list (old + new), last.pt,
-    # the new digest: its 12th write, the step-4 digest, is killed, so it resumes mid-epoch 2
-    # with last.pt newer than the digest file's last line. Process 2 finishes training and dies
-    # at its 14th write, among the CAM files.
-    killed = kill_and_resume(tmp_path, overrides, [12, 14], stages, fork=True,
+    # 3 steps per epoch, checkpoints after steps 2 and 4 and at each epoch's end, one write
+    # each (the digest is inside the file). Process 1 writes config.yaml, data's in-progress
+    # marker and manifest, train_cam's marker, then last.pt at steps 2, 3 and 4 and 6: its 8th
+    # write, the step-6 checkpoint, is killed, so it resumes mid-epoch 2 from step 4.
+    # Process 2 finishes training and dies at its 14th write, among the CAM files.
+    killed = kill_and_resume(tmp_path, overrides, [8, 14], stages, fork=True,
                              extra=["--until", "make_cam"])
     assert killed == ["train_cam", "make_cam"]
 

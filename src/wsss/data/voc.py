@@ -19,6 +19,7 @@ Image-level labels come from one of three sources:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,24 +75,59 @@ def name_from_entry(entry: str) -> str:
     return token
 
 
-def read_name_list(path: str | Path) -> list[str]:
-    """Read a split list: one item per line, a bare name or 1-Stage style `image_path mask_path`.
-
-    The name is taken from the first whitespace-separated token (`name_from_entry`). Empty lines
-    and lines starting with `#` are skipped.
+def read_text_file(path: Path, what: str) -> str:
+    """A text file's content as UTF-8 (a leading byte-order mark is dropped).
 
     Raises:
-        DataError: the file is missing or holds no names.
+        DataError: the bytes are not UTF-8; names the file, the line and the byte.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise wio.DataError(
+            f"{path} line {line}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x}; "
+            "saved as Latin-1 or another encoding?): save it as UTF-8"
+        ) from None
+
+
+def _entry_name(line: str) -> str:
+    """The name of one split-list line: the whole line (names may hold spaces), or the first of
+    two paths in 1-Stage style `image_path mask_path` lines."""
+    tokens = line.split()
+    if len(tokens) == 2 and all(
+        "." + t.rpartition(".")[2].lower() in wio.IMAGE_EXTENSIONS for t in tokens
+    ):
+        return name_from_entry(tokens[0])
+    return name_from_entry(line)
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """Read a split list: one item per line, a name or 1-Stage style `image_path mask_path`.
+
+    A line is one name (spaces included; `name_from_entry` strips folders and a known
+    extension), except a line of two image/mask paths, whose first path names the item. Empty
+    lines and lines starting with `#` are skipped. The file must be UTF-8 (a BOM is allowed).
+
+    Raises:
+        DataError: the file is missing, not UTF-8, holds no names, or lists a name twice.
     """
     path = Path(path)
     if not path.is_file():
         raise wio.DataError(f"split list not found: {path}")
     names = []
-    for line in path.read_text().splitlines():
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(read_text_file(path, "split list").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        names.append(name_from_entry(line.split()[0]))
+        name = _entry_name(line)
+        if name in seen:
+            raise wio.DataError(f"{path} line {line_no}: image {name!r} is listed twice "
+                                f"(first on line {seen[name]})")
+        seen[name] = line_no
+        names.append(name)
     if not names:
         raise wio.DataError(f"{path}: split list is empty")
     return names
@@ -187,7 +223,8 @@ def read_csv_labels(path: str | Path, class_names: Sequence[str]) -> dict[str, n
         dict canonical name → float32 multi-hot (C,) with C = len(class_names) - 1.
 
     Raises:
-        DataError: missing file, malformed line, unknown class name, repeated image name.
+        DataError: missing or non-UTF-8 file, malformed line, unknown class name, repeated
+            image name.
     """
     path = Path(path)
     if not path.is_file():
@@ -195,46 +232,65 @@ def read_csv_labels(path: str | Path, class_names: Sequence[str]) -> dict[str, n
     index = {name: i for i, name in enumerate(class_names)}
     num_classes = len(class_names) - 1
     out: dict[str, np.ndarray] = {}
-    with path.open(newline="") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or not "".join(row).strip():
+    text = read_text_file(path, "label CSV")  # a BOM (Excel's "CSV UTF-8") is dropped
+    for line_no, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if line_no == 1 and row[0].strip().lower() in _CSV_HEADER_FIELDS:
+            continue
+        if len(row) > 2:
+            raise wio.DataError(
+                f"{path} line {line_no}: expected 'name,class1;class2', got {len(row)} fields"
+            )
+        name = name_from_entry(row[0])
+        if not name:
+            raise wio.DataError(f"{path} line {line_no}: empty image name")
+        vec = np.zeros(num_classes, dtype=np.float32)
+        field_text = row[1] if len(row) > 1 else ""
+        for cls in (c.strip() for c in field_text.split(";")):
+            if not cls:
                 continue
-            if line_no == 1 and row[0].strip().lower() in _CSV_HEADER_FIELDS:
-                continue
-            if len(row) > 2:
+            if cls not in index:
                 raise wio.DataError(
-                    f"{path} line {line_no}: expected 'name,class1;class2', got {len(row)} fields"
+                    f"{path} line {line_no}: unknown class {cls!r} for image {name!r}; "
+                    f"known classes: {', '.join(class_names[1:])}"
                 )
-            name = name_from_entry(row[0])
-            if not name:
-                raise wio.DataError(f"{path} line {line_no}: empty image name")
-            vec = np.zeros(num_classes, dtype=np.float32)
-            field_text = row[1] if len(row) > 1 else ""
-            for cls in (c.strip() for c in field_text.split(";")):
-                if not cls:
-                    continue
-                if cls not in index:
-                    raise wio.DataError(
-                        f"{path} line {line_no}: unknown class {cls!r} for image {name!r}; "
-                        f"known classes: {', '.join(class_names[1:])}"
-                    )
-                if index[cls] > 0:
-                    vec[index[cls] - 1] = 1.0
-            key = _canonical_key(name)
-            if key in out:
-                raise wio.DataError(f"{path} line {line_no}: image {name!r} listed twice")
-            out[key] = vec
+            if index[cls] > 0:
+                vec[index[cls] - 1] = 1.0
+        key = _canonical_key(name)
+        if key in out:
+            raise wio.DataError(f"{path} line {line_no}: image {name!r} listed twice")
+        out[key] = vec
     return out
 
 
-def _progress(iterable, *, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image file (1 = upright, also when absent or malformed)."""
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency; stay silent if it is missing
-        return iterable
-    return tqdm(iterable, total=total, desc=desc)
+        with Image.open(path) as image:
+            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1
+
+
+def size_mismatch(mask_path: Path | None, mask_hw: tuple[int, ...], image_path: Path | None,
+                  image_hw: tuple[int, ...]) -> str:
+    """The message for a mask whose size differs from its image's; when the image carries an
+    EXIF rotation (applied on load) and the mask fits the stored pixels, it says so."""
+    message = (f"{mask_path}: mask is {mask_hw[1]}x{mask_hw[0]} but image {image_path} is "
+               f"{image_hw[1]}x{image_hw[0]}")
+    orientation = exif_orientation(image_path) if image_path is not None else 1
+    if orientation in (5, 6, 7, 8) and tuple(mask_hw) == (image_hw[1], image_hw[0]):
+        message += (f" after its EXIF orientation {orientation} (a 90-degree rotation, applied "
+                    f"on load); the mask matches the stored {image_hw[0]}x{image_hw[1]} pixels: "
+                    "rotate the mask the same way, or strip the orientation tag from the image")
+    return message
+
+
+def _progress(iterable, *, total: int, desc: str, enabled: bool):
+    from wsss.logs import progress
+
+    return progress(iterable, total=total, desc=desc, enabled=enabled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,10 +543,8 @@ class SegmentationDataset(Dataset):
         image = self.load_image(index)
         mask = self.load_mask(index)
         if mask is not None and mask.shape != image.shape[:2]:
-            raise wio.DataError(
-                f"{self.mask_path(index)}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{self.image_path(index)} is {image.shape[1]}x{image.shape[0]}"
-            )
+            raise wio.DataError(size_mismatch(self.mask_path(index), mask.shape,
+                                              self.image_path(index), image.shape[:2]))
         if self.label_source == "masks":
             labels = self._labels_from_mask(index, mask).copy()
         else:
@@ -557,10 +611,8 @@ class SegmentationDataset(Dataset):
             try:
                 mask = wio.load_mask(path)
                 if size is not None and mask.shape != size:
-                    raise wio.DataError(
-                        f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                        f"{self._image_paths.get(index)} is {size[1]}x{size[0]}"
-                    )
+                    raise wio.DataError(size_mismatch(path, mask.shape,
+                                                      self._image_paths.get(index), size))
                 vec = self._check_mask_values(mask, path)
                 self._mask_labels[index] = vec
             except wio.DataError as exc:
@@ -584,7 +636,7 @@ class SegmentationDataset(Dataset):
 
         Args:
             check_masks: also check masks (always done when labels come from masks).
-            progress: show a tqdm progress bar.
+            progress: show progress (a bar on a terminal, else log lines; `wsss.logs`).
 
         Returns:
             `ValidationReport` with the number of images and the background-only names.

@@ -1,42 +1,70 @@
-"""Atomic, hash-checked checkpoints: `torch.save` to memory, sha256 sidecar, `os.replace`."""
+"""Atomic, hash-checked checkpoints: `torch.save` to memory, sha256 inside the file, `os.replace`.
+
+The digest travels inside the checkpoint, in the comment of the zip archive `torch.save` writes
+(`wsss-sha256:<hex>`, the sha256 of the archive with an empty comment). The file stays a plain
+`torch.load`-able archive, and a copy without any side-car file is still verified. Checkpoints of
+earlier versions carry their digest in a `<file>.sha256` side-car, which is still honoured.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wsss.io import write_bytes, write_text
+from wsss.io import write_bytes
+
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes + comment
+_EOCD_SIZE = 22
+_DIGEST_MARK = b"wsss-sha256:"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit the model; names the file."""
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` and its sha256 to `path.sha256`, each atomically.
+def with_digest(data: bytes) -> bytes:
+    """`torch.save` bytes (a zip archive without comment) with their sha256 as the zip comment."""
+    if len(data) < _EOCD_SIZE or data[-_EOCD_SIZE:-_EOCD_SIZE + 4] != _EOCD \
+            or data[-2:] != b"\x00\x00":
+        raise ValueError("not a torch.save zip archive without a comment")
+    comment = _DIGEST_MARK + hashlib.sha256(data).hexdigest().encode()
+    return data[:-2] + struct.pack("<H", len(comment)) + comment
 
-    Two files cannot be replaced at once, so the digest file lists every digest the checkpoint
-    may have while it is being replaced: first the old digests plus the new one, then the
-    checkpoint, then the new digest alone. A process killed at any point leaves a checkpoint
-    (old or new) whose digest is listed; a corrupt or edited file matches none.
+
+def embedded_digest(data: bytes) -> tuple[str, str] | None:
+    """(stored digest, digest of the content) of a checkpoint written by `with_digest`, or None
+    when the file carries no digest (an older checkpoint, or a foreign file)."""
+    start = data.rfind(_EOCD, max(0, len(data) - _EOCD_SIZE - 65535))
+    if start < 0 or start + _EOCD_SIZE > len(data):
+        return None
+    (length,) = struct.unpack("<H", data[start + 20:start + 22])
+    comment = data[start + _EOCD_SIZE:]
+    if length != len(comment) or not comment.startswith(_DIGEST_MARK):
+        return None
+    stored = comment[len(_DIGEST_MARK):].decode("ascii", "replace")
+    content = hashlib.sha256(memoryview(data)[:start + 20])  # no copy of a large file
+    content.update(b"\x00\x00")
+    return stored, content.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically, its sha256 inside the file (`with_digest`).
+
+    A side-car `path.sha256` of an earlier version is removed after the new file is in place
+    (a process killed in between leaves a file whose embedded digest wins over the side-car).
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
     path = Path(path)
-    digest_file = _digest_path(path)
-    digest = hashlib.sha256(data).hexdigest()
-    previous = _listed_digests(digest_file)
-    if previous and previous != [digest]:
-        write_text(digest_file, "".join(d + "\n" for d in [*previous, digest]))
-    write_bytes(path, data)
-    write_text(digest_file, digest + "\n")
+    write_bytes(path, with_digest(buffer.getvalue()))
+    _digest_path(path).unlink(missing_ok=True)
 
 
 def _digest_path(path: Path) -> Path:
@@ -49,23 +77,41 @@ def _listed_digests(digest_file: Path) -> list[str]:
     return [line.strip() for line in digest_file.read_text().splitlines() if line.strip()]
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, verifying its sha256 when present.
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    allow_unverified: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, verifying its sha256.
+
+    The digest inside the file is checked; a file without one is checked against its
+    `.sha256` side-car (checkpoints of earlier versions). A file with neither is refused
+    unless `allow_unverified`.
 
     Raises:
-        CheckpointError: missing file, digest mismatch (corrupt or edited), unreadable data.
+        CheckpointError: missing file, digest mismatch (corrupt or edited), no digest at all,
+            unreadable data.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     data = path.read_bytes()
+    embedded = embedded_digest(data)
     digest_file = _digest_path(path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest_file.is_file() and digest not in _listed_digests(digest_file):
+    if embedded is not None:
+        if embedded[0] != embedded[1]:
+            raise CheckpointError(
+                f"{path}: sha256 does not match the digest stored in the file; the checkpoint "
+                "is corrupt or was modified, refusing to load it"
+            )
+    elif digest_file.is_file():
+        if hashlib.sha256(data).hexdigest() not in _listed_digests(digest_file):
+            raise CheckpointError(
+                f"{path}: sha256 does not match {digest_file.name}; the checkpoint is corrupt "
+                "or was modified, refusing to load it"
+            )
+    elif not allow_unverified:
         raise CheckpointError(
-            f"{path}: sha256 does not match {digest_file.name}; the checkpoint is corrupt "
-            "or was modified, refusing to load it"
+            f"{path}: the checkpoint carries no sha256 (none inside, no {digest_file.name} "
+            "beside it), so corruption cannot be detected; refusing to load it (allow it with "
+            "--allow-unverified, or load_checkpoint(..., allow_unverified=True))"
         )
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
-
 from wsss.engine import distributed as dist
 from wsss.engine.checkpoint import (
     load_checkpoint,
@@ -28,6 +27,7 @@ from wsss.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from wsss.logs import progress
 
 log = logging.getLogger("wsss")
 
@@ -158,6 +158,11 @@ class Trainer:
             e.g. for a method's warm-up phase.
         max_steps: an iteration budget (DeepLab's 30k): the poly schedule spans it, training
             stops after it, and `epochs` becomes the number of epochs it needs.
+        checkpoint_every: steps between checkpoints (`last.pt`; 0: none by steps).
+        checkpoint_epochs: also checkpoint at the end of every epoch (False for an iteration
+            budget, where an epoch may be a single step).
+        checkpoint_seconds: also checkpoint after a step when this many seconds have passed
+            since the last checkpoint (0: never by time). The final state is always saved.
         logger: a `TrainLogger` called on rank 0 after every step and epoch (None: no calls).
         val_dataset, select_epochs: model selection. After each number of completed epochs in
             `select_epochs` (before the next epoch starts, after `on_epoch_start` for it, as
@@ -186,6 +191,8 @@ class Trainer:
         amp: bool = False,
         log_every: int = 20,
         checkpoint_every: int = 0,
+        checkpoint_epochs: bool = True,
+        checkpoint_seconds: float = 0.0,
         num_workers: int = 0,
         seed: int = 0,
         meta: dict[str, Any] | None = None,
@@ -210,6 +217,9 @@ class Trainer:
         self.grad_clip = grad_clip
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_epochs = checkpoint_epochs
+        self.checkpoint_seconds = checkpoint_seconds
+        self._saved_at = time.monotonic()
         self.meta = meta or {}
         self.on_epoch_end = on_epoch_end
         self.on_epoch_start = on_epoch_start
@@ -288,6 +298,18 @@ class Trainer:
         if dist.is_main():
             save_checkpoint(self.last_path, self.state())
         dist.barrier()
+        self._saved_at = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """A checkpoint is due after this step, by steps or by time (the same answer on every
+        rank: rank 0's clock decides)."""
+        by_steps = bool(self.checkpoint_every) and self.global_step % self.checkpoint_every == 0
+        if by_steps or not self.checkpoint_seconds:
+            return by_steps
+        late = time.monotonic() - self._saved_at >= self.checkpoint_seconds
+        if dist.world_size() > 1:
+            late = bool(dist.broadcast_object(late))
+        return late
 
     def resume(self) -> bool:
         """Restore everything from `last.pt` if it exists; True when resumed."""
@@ -418,9 +440,10 @@ class Trainer:
             if self.step_in_epoch == 0:
                 self.epoch_sums = {}
                 self._select(self.epoch)
-            bar = tqdm(self._loader(), total=self.steps_per_epoch, initial=self.step_in_epoch,
-                       desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False,
-                       disable=not dist.is_main())
+            bar = progress(self._loader(), total=self.steps_per_epoch,
+                           initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                           enabled=dist.is_main())
+            due = False
             for batch in bar:
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
                 values = self.train_step(batch)
@@ -432,11 +455,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self.logger is not None:
                     self.logger.log_step(self.global_step, values, lrs, batch)
-                if self.checkpoint_every and self.global_step % self.checkpoint_every == 0 \
-                        and self.step_in_epoch < self.steps_per_epoch:
-                    self.save()
+                due = self._checkpoint_due()
                 if self.global_step >= self.max_steps:
                     break
+                if due and self.step_in_epoch < self.steps_per_epoch:
+                    self.save()
+                    due = False
             means = {k: v / max(self.step_in_epoch, 1) for k, v in self.epoch_sums.items()}
             means["lr"] = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": self.epoch + 1, **means})
@@ -448,7 +472,9 @@ class Trainer:
                 self.on_epoch_end(self.epoch, means)
             self.epoch += 1
             self.step_in_epoch = 0
-            self.save()
+            last = self.epoch >= self.epochs or self.global_step >= self.max_steps
+            if self.checkpoint_epochs or due or last:
+                self.save()
         if self.epochs in self.select_epochs and self.epochs not in self.val_losses:
             if self.on_epoch_start is not None:
                 self.on_epoch_start(self.epochs)  # as if a next epoch began (official order)

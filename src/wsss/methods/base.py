@@ -350,6 +350,7 @@ def fit_model(ctx: StageContext, *, model: nn.Module, step_fn: Callable[..., Any
         batch_size=t.batch_size, optimizer=t.optimizer, momentum=t.momentum,
         weight_decay=t.weight_decay, poly_power=t.poly_power, grad_clip=t.grad_clip,
         amp=t.amp, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+        checkpoint_seconds=ctx.cfg.pipeline.checkpoint_seconds,
         num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
         on_epoch_start=on_epoch_start,
         logger=logger,

@@ -235,6 +235,9 @@ def train_segnet_stage(method: Any, name: str = "train_segnet") -> Stage:
             epochs=1, max_steps=s.iterations, batch_size=s.batch_size, optimizer="sgd",
             momentum=s.momentum, weight_decay=s.weight_decay, poly_power=s.poly_power, amp=s.amp,
             log_every=ctx.cfg.train.log_every, checkpoint_every=s.checkpoint_every,
+            # An iteration budget: an epoch of a small set may be one step, so no checkpoint
+            # per epoch (a 90 MB write and fsync each step); steps, time and the end decide.
+            checkpoint_epochs=False, checkpoint_seconds=ctx.cfg.pipeline.checkpoint_seconds,
             num_workers=ctx.cfg.data.num_workers, seed=ctx.cfg.pipeline.seed, meta=meta,
             logger=logger,
         )

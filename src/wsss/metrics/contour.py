@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from wsss.data.labels import BACKGROUND, IGNORE_INDEX
 from wsss.engine.distributed import all_reduce_sum
@@ -117,6 +116,8 @@ def dilate_disk(boundary: np.ndarray, radius: int) -> np.ndarray:
     h, w = boundary.shape
     y0, y1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, h)
     x0, x1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, w)
+    from scipy import ndimage  # here, not at import: scipy.ndimage costs ~0.5 s to import
+
     crop = boundary[y0:y1, x0:x1].astype(np.uint8)
     grown = out[y0:y1, x0:x1]
     by_width: dict[int, np.ndarray] = {}

@@ -181,10 +181,12 @@ def _fetch_torchvision_weights(weights: object) -> dict[str, torch.Tensor]:
 
 
 def _resnet_builder(name: str) -> Callable[..., ResNetBackbone]:
-    import torchvision
-
     def build(*, output_stride: int = 16, pretrained: str = "none", frozen_bn: bool = False
               ) -> ResNetBackbone:
+        # Imported here: torchvision pulls in torch._dynamo (seconds), which `wsss list`, a
+        # skipped rerun or a config check never need.
+        import torchvision
+
         net = getattr(torchvision.models, name)(weights=None)
         weights_enum = getattr(torchvision.models, _WEIGHTS[name])
         # IRN uses the original (V1) torchvision ResNet-50 weights, resnet50-19c8e357.

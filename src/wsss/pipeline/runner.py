@@ -23,6 +23,7 @@ import yaml
 from wsss.config import RunConfig, dump_config, select, to_dict
 from wsss.engine import distributed as dist
 from wsss.io import remove_temporaries, write_text
+from wsss.logs import attach_run_log
 from wsss.pipeline.artifacts import (
     PipelineError,
     RunInterrupted,
@@ -255,6 +256,7 @@ def _run_stages(cfg: RunConfig, method: Any, all_stages: list[Stage], chosen: se
                 forced: set[str], run_dir: Path, device: torch.device) -> RunResult:
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+        attach_run_log(run_dir)  # <run>/log.txt gets every log line from here on
         remove_temporaries(run_dir)
         write_text(run_dir / "config.yaml", dump_config(cfg))
     dist.barrier()

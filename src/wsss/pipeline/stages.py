@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from wsss.config import RunConfig
 from wsss.engine import distributed as dist
 from wsss.io import remove_temporaries
+from wsss.logs import progress
 
 log = logging.getLogger("wsss")
 
@@ -84,7 +84,7 @@ def per_image(
     todo = [n for n in mine if not out_paths(n).is_file()]
     if len(todo) < len(mine):
         log.info("%s: %d of %d items already done, resuming", desc, len(mine) - len(todo), len(mine))
-    bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not dist.is_main())
+    bar = progress(total=len(todo), desc=desc, enabled=dist.is_main())
     if workers > 1 and pool_work is not None and pool_args is not None and len(todo) > 1:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
         try:

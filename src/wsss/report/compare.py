@@ -87,11 +87,22 @@ def data_notes(infos: Sequence[RunInfo], labels: Sequence[str]) -> list[str]:
     return notes
 
 
+def is_comparison(path: Path, out_dir: Path) -> bool:
+    """True for `out_dir` itself, and for a folder a comparison wrote (no config.yaml, a
+    results.txt and an index.html)."""
+    if path.resolve() == out_dir.resolve():
+        return True
+    return (not (path / "config.yaml").exists() and (path / "results.txt").is_file()
+            and (path / "index.html").is_file())
+
+
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Comparison:
     """Write `out_dir/index.html` (and `miou_vs_threshold.png`, `results.txt`) comparing runs.
 
     Args:
-        run_dirs: two or more run directories.
+        run_dirs: two or more run directories. `out_dir` itself and earlier comparison folders
+            among them (a shell glob such as `runs/*` names `runs/compare`) are skipped with a
+            note.
         out_dir: output folder (earlier comparison files in it are replaced).
 
     Returns:
@@ -102,14 +113,18 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Compari
     """
     from wsss.metrics.plots import plot_threshold_curves
 
-    paths = [Path(p) for p in run_dirs]
+    out = Path(out_dir)
+    skipped = [Path(p) for p in run_dirs if is_comparison(Path(p), out)]
+    paths = [Path(p) for p in run_dirs if Path(p) not in skipped]
+    if not paths:
+        raise FileNotFoundError(f"no run directories among {', '.join(map(str, run_dirs))}")
     infos = [read_run(p) for p in paths]
     labels = run_labels(paths)
-    out = Path(out_dir)
     clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for info, label in zip(infos, labels) for row in info.rows(label)]
-    notes = data_notes(infos, labels)
+    notes = [f"skipped {p}: a comparison's output folder, not a run" for p in skipped]
+    notes += data_notes(infos, labels)
 
     curves, marks = {}, {}
     for info, label in zip(infos, labels):
