@@ -83,6 +83,11 @@ def pair(check: Check) -> Check:
                  lambda: f"[low, high] with low <= high, each {check.describe()}")
 
 
+def any_list(check: Check) -> Check:
+    return Check(lambda v: isinstance(v, (list, tuple)) and all(check.ok(x) for x in v),
+                 lambda: f"a list (empty allowed), each {check.describe()}")
+
+
 def nonempty_list(check: Check) -> Check:
     return Check(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                  and all(check.ok(x) for x in v),
@@ -293,6 +298,7 @@ class SegnetConfig:
         "momentum": between(0, 1, high_open=True), "crop_size": at_least(1),
         "scale_range": pair(above(0)), "checkpoint_every": at_least(0),
         "crf_preset": one_of(_crf_presets),
+        "msc_train_scales": any_list(above(0)),  # [] = the single-scale loss
     }
 
 
@@ -572,9 +578,10 @@ def config_problems(node: Any, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(value):
             problems.extend(config_problems(value, key + "."))
             continue
-        checks = [rules[f.name]] if f.name in rules else []
-        checks += [c for suffix, c in SUFFIX_CHECKS.items()
-                   if f.name.endswith(suffix) and value is not None]
+        # A class's own rule for a field replaces the naming rules (e.g. a scale list that
+        # may be empty to switch something off).
+        checks = [rules[f.name]] if f.name in rules else [
+            c for suffix, c in SUFFIX_CHECKS.items() if f.name.endswith(suffix) and value is not None]
         for check in checks:
             if not check.ok(value):
                 problems.append(f"config key '{key}' = {value!r} is invalid: valid is "
