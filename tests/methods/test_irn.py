@@ -69,3 +69,63 @@ def test_pseudo_mask_inference() -> None:
         empty, empty_probs, empty_keys = pseudo_mask(model, image, cams[:1], keys[:1], cfg=cfg,
                                                      device=torch.device("cpu"))
     assert not empty.any() and empty_keys.tolist() == [0] and empty_probs.shape == (1, 50, 62)
+
+
+class _GroundTruthBoundary:
+    """Stands in for IRNet at inference: `boundary` returns a fixed (ground-truth) map."""
+
+    def __init__(self, boundary: torch.Tensor) -> None:
+        self.map = boundary
+
+    def boundary(self, images: torch.Tensor, size: tuple[int, int], *, pad_to: int) -> torch.Tensor:
+        assert tuple(self.map.shape[-2:]) == tuple(size)
+        return self.map
+
+
+def _miou(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    valid = truth != 255
+    ious = []
+    for c in range(num_classes):
+        p, t = (pred == c) & valid, (truth == c) & valid
+        if t.any() or p.any():
+            ious.append((p & t).sum() / (p | t).sum())
+    return float(np.mean(ious))
+
+
+def test_walk_from_ground_truth_seeds_keeps_their_quality() -> None:
+    """What the refinement does with perfect input (issue 22): CAMs = the ground-truth masks at
+    stride 4, boundaries = the ground-truth class edges (1 cell wide). The walk must keep the
+    seeds' quality (no leaking across the edges, no fading of small objects below the
+    background plane). Measured: 85.5 mIoU walked against 91.4 for the stride-4 input over
+    these four 160 px images: the edge cells hold no mass (IRN multiplies the CAMs by 1 − B
+    and no affinity reaches a boundary cell), a 4 px rim per object edge at full resolution."""
+    from wsss.data.synthetic import describe_scene, render_scene
+    from wsss.models.irn import stride4_size
+
+    scores = []
+    for index in range(4):
+        scene = render_scene(describe_scene(0, "train", index, image_size=160))
+        truth = scene.mask.astype(np.int64)
+        height, width = truth.shape
+        size = stride4_size((height, width))
+        low = truth[::4, ::4][: size[0], : size[1]]  # nearest at stride 4 (255 = void band)
+        keys = np.array([c for c in np.unique(truth) if c not in (0, 255)], dtype=np.int64)
+        cams = np.stack([(low == c) for c in keys]).astype(np.float32)
+        labels = np.where(low == 255, 0, low)
+        edge = np.zeros(size, dtype=np.float32)
+        edge[:-1] += labels[:-1] != labels[1:]
+        edge[:, :-1] += labels[:, :-1] != labels[:, 1:]
+        model = _GroundTruthBoundary(torch.from_numpy(np.clip(edge, 0, 1))[None])
+        cfg = IrnConfig(num_steps=256, bg_threshold=0.25, cam_power=1.0, beta=10.0, radius=5,
+                        boundary_pad=0)
+        full = np.zeros((len(keys), height, width), dtype=np.float32)  # unused: strided given
+        mask, _, _ = pseudo_mask(model, scene.image, full, keys, cams_strided=cams, cfg=cfg,
+                                 device=torch.device("cpu"))
+        seeds = np.zeros_like(truth)
+        up = np.kron(cams, np.ones((4, 4)))[:, :height, :width] > 0
+        for k, c in enumerate(keys):
+            seeds[up[k]] = c
+        scores.append((_miou(mask, truth, 11), _miou(seeds, truth, 11)))
+    walked, seeded = np.mean(scores, axis=0)
+    assert seeded > 0.8, scores  # the stride-4 input itself is nearly the ground truth
+    assert walked > 0.82 and walked > seeded - 0.08, scores  # and the walk nearly keeps it
