@@ -206,7 +206,7 @@ def test_results_of_stages_made_from_older_inputs_are_not_shown(synthetic_root: 
     table = capsys.readouterr().out.split("\n\n")[0]
     assert "eval_cam" not in table.replace("made from older inputs): eval_cam", "")
     assert table.endswith("not shown (outside this run's plan, or made from older inputs): "
-                          "eval_cam, eval_seeds")
+                          "eval_cam, eval_cls, eval_seeds")
 
 
 # 4 -------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_outputs_honour_the_umask(umask: int, tmp_path: Path, capsys) -> None:
     ("method.cam_scales=[0]", "method.cam_scales", "a non-empty list, each > 0"),
     ("eval.sweep_step=0", "eval.sweep_step", "in (0, 1]"),
     ("method.seed_fg_threshold=2", "method.seed_fg_threshold", "in [0.0, 1.0]"),
-    ("model.backbone=resnet5", "model.backbone", "one of resnet101, resnet18"),
+    ("model.backbone=resnet5", "model.backbone", "one of resnet101, resnet101_caffe, resnet18"),
     ("train.optimizer=adamw", "train.optimizer", "one of sgd, adam"),
     ("train.resize_long=[640,320]", "train.resize_long", "low <= high"),
     ("train.crop_size=0", "train.crop_size", ">= 1"),

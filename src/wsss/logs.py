@@ -96,8 +96,13 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
 
 def attach_run_log(run_dir: str | Path) -> Path:
     """Also write the `wsss` logger's lines to `<run_dir>/log.txt` (appended: a resumed run
-    adds to it). Replaces the handler of an earlier run in this process. Returns the path."""
+    adds to it). Replaces the handler of an earlier run in this process; a second call for the
+    same folder keeps the handler. Returns the path."""
     path = Path(run_dir) / RUN_LOG_NAME
+    for handler in logging.getLogger("wsss").handlers:
+        if handler.get_name() == "wsss-run-log" and \
+                Path(getattr(handler, "baseFilename", "")) == path.absolute():
+            return path  # already attached (the runner attaches before its identity check)
     detach_run_log()
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
