@@ -174,3 +174,12 @@ def test_pretrain_refuses_another_method_preset(capsys) -> None:
     code = main(["pretrain", "--config", str(ROOT / "configs" / "synthetic" / "smoke.yaml")])
     assert code == 2
     assert "runs a preset of the `pretrain` method" in capsys.readouterr().err
+
+
+def test_pretrain_refuses_a_backbone_it_cannot_export(tmp_path: Path, capsys) -> None:
+    code = main(["pretrain", "--workdir", str(tmp_path), "--device", "cpu",
+                 "--set", "model.backbone=vgg16", "train.epochs=1", "method.items_per_epoch=64",
+                 "method.image_size=32"])
+    assert code == 2
+    assert "exports torchvision ResNets" in capsys.readouterr().err
+    assert not (tmp_path / "pretrain_synthetic" / "pretrain" / "manifest.json").exists()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.config import to_dict
+from wsss.config import ConfigError, to_dict
 from wsss.data.pretrain_corpus import NUM_FACTORS, PretrainCorpus, factor_names
 from wsss.engine.checkpoint import save_checkpoint
 from wsss.io import write_text
@@ -28,6 +28,8 @@ from wsss.metrics.classification import multilabel_scores
 from wsss.pipeline.stages import Stage, StageContext
 
 CORPUS_KEYS = ("method.num_categories", "method.image_size", "method.items_per_epoch")
+# Backbones whose state dict the export writes in torchvision's key names.
+EXPORTABLE = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 @dataclass
@@ -69,6 +71,12 @@ class Pretrain(CamBaseline):
     name = "pretrain"
     config_cls = PretrainConfig
     pseudo_mask_stage = ""  # no pseudo-masks: a segmentation network cannot follow
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        if cfg.model.backbone not in EXPORTABLE:  # checked before any stage runs
+            raise ConfigError(f"model.backbone={cfg.model.backbone}: wsss pretrain exports "
+                              f"torchvision ResNets ({', '.join(EXPORTABLE)})")
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]
                       ) -> dict[str, torch.Tensor]:
