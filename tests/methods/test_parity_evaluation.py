@@ -335,3 +335,31 @@ def test_affinitynet_schedule_matches_psa_poly_optimizer() -> None:
     _, traj0 = run(cfg.train.momentum)
     travelled = np.abs(f["params"][max_step - 1] - np.stack([f["init_w"], f["init_head"]])).max()
     assert np.abs(traj0 - f["params"][:max_step]).max() < 1e-3 * travelled
+
+
+# IRN helpers not covered by the irn_amn group ---------------------------------------------------
+
+
+def test_strided_sizes_match_irn_imutils() -> None:
+    from wsss.ops.cam import strided_size, strided_up_size
+
+    f = _load("irn_misc")
+    for i, size in enumerate(f["sizes"]):
+        for j, stride in enumerate(f["strides"]):
+            hw = (int(size[0]), int(size[1]))
+            assert strided_size(hw, int(stride)) == tuple(f["strided"][i, j])
+            assert strided_up_size(hw, int(stride)) == tuple(f["strided_up"][i, j])
+
+
+@pytest.mark.parametrize("exp_times", [0, 2])
+def test_dense_transition_matrix_matches_irn_to_transition_matrix(exp_times: int) -> None:
+    """`propagate_to_edge`'s matrix: path affinities on the edge map padded with 1, made dense
+    (symmetric, unit diagonal), cropped, A^β column-normalised, squared `exp_times` times."""
+    from wsss.ops.random_walk import transition_matrix_dense
+
+    f = _load("irn_misc")
+    assert np.allclose(f["dense_aff"], f["dense_aff"].T) and np.all(np.diag(f["dense_aff"]) == 1)
+    ours = transition_matrix_dense(torch.from_numpy(f["edge"]), radius=5, beta=10.0,
+                                   exp_times=exp_times)
+    np.testing.assert_allclose(ours.numpy(), f[f"trans_{exp_times}"], atol=2e-6)
+    np.testing.assert_allclose(ours.sum(0).numpy(), 1.0, atol=1e-5)
