@@ -363,3 +363,41 @@ def test_dense_transition_matrix_matches_irn_to_transition_matrix(exp_times: int
                                    exp_times=exp_times)
     np.testing.assert_allclose(ours.numpy(), f[f"trans_{exp_times}"], atol=2e-6)
     np.testing.assert_allclose(ours.sum(0).numpy(), 1.0, atol=1e-5)
+
+
+# ICAM infer_cam.py CAM post-processing --------------------------------------------------------
+
+
+class _ViewLogits(torch.nn.Module):
+    """The generator's stand-in network (`make_evaluation.view_logits`): a 1×1 convolution then
+    4×4 average pooling (ceil mode), for the CAM and the PCM branch."""
+
+    def __init__(self, f: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.w = {k: torch.from_numpy(f[f"w_{k}"]) for k in "ab"}
+        self.b = {k: torch.from_numpy(f[f"b_{k}"]) for k in "ab"}
+
+    def _logits(self, x: torch.Tensor, k: str) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(
+            torch.nn.functional.conv2d(x, self.w[k], self.b[k]), 4, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self._logits(x, "a"), "logits_rv": self._logits(x, "b")}
+
+
+def test_icam_cams_match_infer_cam_post_processing() -> None:
+    """`infer_cam.py`: views at 0.5 / 1 / 1.5 / 2 + flips, ½(cam + cam_rv) label-conditioned,
+    resized to the image, unflipped, averaged, per-pixel maximum kept, / (max + 1e-5)."""
+    from wsss.methods.icam import icam_cams
+
+    f = _load("icam_infer_cam")
+    mcfg = _preset("icam").method
+    assert list(mcfg.cam_scales) == [0.5, 1.0, 1.5, 2.0] and mcfg.cam_flip
+    with torch.no_grad():
+        cams, keys = icam_cams(_ViewLogits(f), f["image"], f["label"],
+                               scales=list(mcfg.cam_scales), flip=mcfg.cam_flip,
+                               device=torch.device("cpu"))
+    present = np.flatnonzero(f["label"])
+    assert keys.tolist() == (present + 1).tolist()
+    np.testing.assert_allclose(cams.numpy(), f["norm_cam"][present], rtol=1e-5, atol=1e-6)
+    assert not f["norm_cam"][np.flatnonzero(f["label"] == 0)].any()
