@@ -399,5 +399,6 @@ def test_icam_cams_match_infer_cam_post_processing() -> None:
                                device=torch.device("cpu"))
     present = np.flatnonzero(f["label"])
     assert keys.tolist() == (present + 1).tolist()
-    np.testing.assert_allclose(cams.numpy(), f["norm_cam"][present], rtol=1e-5, atol=1e-6)
+    # float32 rounding (4e-7 here); a missing 1e-5 in the max-norm would move the peaks by 1e-5.
+    np.testing.assert_allclose(cams.numpy(), f["norm_cam"][present], rtol=0, atol=2e-6)
     assert not f["norm_cam"][np.flatnonzero(f["label"] == 0)].any()
