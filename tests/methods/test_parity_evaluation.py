@@ -402,3 +402,45 @@ def test_icam_cams_match_infer_cam_post_processing() -> None:
     # float32 rounding (4e-7 here); a missing 1e-5 in the max-norm would move the peaks by 1e-5.
     np.testing.assert_allclose(cams.numpy(), f["norm_cam"][present], rtol=0, atol=2e-6)
     assert not f["norm_cam"][np.flatnonzero(f["label"] == 0)].any()
+
+
+# ICAM train_cam.py loss terms -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "pooling", "weight"), [(0, "avg", 0.8), (1, "max", 0.0)])
+def test_icam_losses_match_train_cam(case: int, pooling: str, weight: float) -> None:
+    """`train_cam.py`'s loop body on the same network outputs: (1 − λ)·pooled + λ·sampled
+    classification (same torch RNG stream), MLSM of the max-pooled PCM probabilities over C+1,
+    ER (four terms) and ECR (two terms) on the views at the second view's size; the total and
+    its gradient."""
+    from wsss.methods.icam import icam_losses
+
+    f = _load("icam_losses")
+    cfg = load_config(PRESETS / "icam.yaml", [f"method.pooling={pooling}",
+                                              f"method.sampling_weight={weight}",
+                                              "method.fsl_weight=0"]).method
+    assert (cfg.num_samples, cfg.rv_weight, cfg.view_scale) == (100, 1.0, 0.3)
+    net = _ViewLogits(f)
+    params = [torch.nn.Parameter(t) for t in (*net.w.values(), *net.b.values())]
+    net.w = dict(zip("ab", params[:2], strict=True))
+    net.b = dict(zip("ab", params[2:], strict=True))
+    torch.manual_seed(5)
+    terms = icam_losses(net, torch.from_numpy(f["img1"]), torch.from_numpy(f["labels"]), cfg)
+    o = {k.split("/", 1)[1]: v for k, v in f.items() if k.startswith(f"{case}/")}
+
+    def close(ours: torch.Tensor, official: np.ndarray | float) -> None:
+        assert float(ours.detach()) == pytest.approx(float(official), rel=2e-6, abs=1e-7)
+
+    close(terms["cls_pool"], (1 - weight) * (o["loss_cls1"] + o["loss_cls2"]))
+    if weight > 0:
+        close(terms["cls_sample"], weight * (o["loss_cls1_is"] + o["loss_cls2_is"]))
+    else:
+        assert "cls_sample" not in terms
+    close(terms["cls_rv"], o["loss_cls1_rv"] + o["loss_cls2_rv"])
+    close(terms["er"], o["loss_er"])
+    close(terms["ecr"], o["loss_ecr"])
+    total = sum(terms.values())
+    close(total, o["loss"])
+    total.backward()
+    for k, p in zip(("w_a", "w_b", "b_a", "b_b"), params, strict=True):
+        np.testing.assert_allclose(p.grad.numpy(), o[f"grad_{k}"], rtol=1e-4, atol=1e-6)
