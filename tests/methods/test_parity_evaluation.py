@@ -444,3 +444,46 @@ def test_icam_losses_match_train_cam(case: int, pooling: str, weight: float) -> 
     total.backward()
     for k, p in zip(("w_a", "w_b", "b_a", "b_b"), params, strict=True):
         np.testing.assert_allclose(p.grad.numpy(), o[f"grad_{k}"], rtol=1e-4, atol=1e-6)
+
+
+# SEAM train_SEAM.py loss terms ----------------------------------------------------------------
+
+
+def test_seam_helpers_match_train_seam() -> None:
+    from wsss.ops.importance_sampling import adaptive_min_pooling_loss, max_onehot
+
+    f = _load("seam_losses")
+    x = torch.from_numpy(f["helper_x"])
+    assert float(adaptive_min_pooling_loss(x[:, 1:] - 0.3)) == pytest.approx(
+        float(f["amp_loss"]), rel=1e-6)
+    np.testing.assert_array_equal(max_onehot(x).numpy(), f["max_onehot"])
+
+
+def test_seam_losses_match_train_seam() -> None:
+    """`train_SEAM.py`'s loop body on the same network outputs (the SEAM base of wsss's ICAM
+    method, as the preset's "SEAM baseline" line sets it): GAP classification on both views,
+    adaptive min-pooling of the PCM maps, ER, ECR (top 20 %), the total and its gradient."""
+    from wsss.methods.icam import seam_losses
+
+    f = _load("seam_losses")
+    cfg = load_config(PRESETS / "icam.yaml", ["method.base=seam", "method.sampling_weight=0",
+                                              "method.fsl_weight=0"]).method
+    net = _ViewLogits(f)
+    params = [torch.nn.Parameter(t) for t in (*net.w.values(), *net.b.values())]
+    net.w = dict(zip("ab", params[:2], strict=True))
+    net.b = dict(zip("ab", params[2:], strict=True))
+    terms = seam_losses(net, torch.from_numpy(f["img1"]), torch.from_numpy(f["labels"]), cfg)
+    assert set(terms) == {"cls_pool", "rvmin", "er", "ecr"}
+
+    def close(ours: torch.Tensor, official: np.ndarray | float) -> None:
+        assert float(ours.detach()) == pytest.approx(float(official), rel=2e-6, abs=1e-7)
+
+    close(terms["cls_pool"], (f["loss_cls1"] + f["loss_cls2"]) / 2)
+    close(terms["rvmin"], (f["loss_rvmin1"] + f["loss_rvmin2"]) / 2)
+    close(terms["er"], f["loss_er"])
+    close(terms["ecr"], f["loss_ecr1"] + f["loss_ecr2"])
+    total = sum(terms.values())
+    close(total, f["loss"])
+    total.backward()
+    for k, p in zip(("w_a", "w_b", "b_a", "b_b"), params, strict=True):
+        np.testing.assert_allclose(p.grad.numpy(), f[f"grad_{k}"], rtol=1e-4, atol=1e-6)
