@@ -487,3 +487,40 @@ def test_seam_losses_match_train_seam() -> None:
     total.backward()
     for k, p in zip(("w_a", "w_b", "b_a", "b_b"), params, strict=True):
         np.testing.assert_allclose(p.grad.numpy(), f[f"grad_{k}"], rtol=1e-4, atol=1e-6)
+
+
+# IRN training loss --------------------------------------------------------------------------
+
+
+class _FixedOutputs(torch.nn.Module):
+    """IRN stand-in: returns the fixture's (edge, displacement) maps whatever the image."""
+
+    def __init__(self, edge: np.ndarray, disp: np.ndarray) -> None:
+        super().__init__()
+        self.edge = torch.nn.Parameter(torch.from_numpy(edge))
+        self.disp = torch.nn.Parameter(torch.from_numpy(disp))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.edge, self.disp
+
+
+def test_irn_loss_matches_affinity_displacement_loss_and_train_irn() -> None:
+    """Seeds → stride-4 labels (PIL nearest) → pair labels; `AffinityDisplacementLoss` terms
+    (to_affinity, to_pair_displacement, to_displacement_loss) reduced as `train_irn.py` does:
+    each of wsss's four terms is half of an official one; total and gradients equal."""
+    from wsss.methods.irn import IrnConfig, irn_loss_terms
+
+    f = _load("irn_loss")
+    assert IrnConfig().train_radius == int(f["radius"]) == 10
+    model = _FixedOutputs(f["edge"], f["disp"])
+    seeds = torch.from_numpy(f["seeds"]).long()
+    batch = {"image": torch.zeros(seeds.shape[0], 3, *seeds.shape[1:]), "mask": seeds}
+    terms = irn_loss_terms(model, batch, radius=int(f["radius"]))
+    for ours, official in (("affinity_pos", "pos_aff_loss"), ("affinity_neg", "neg_aff_loss"),
+                           ("displacement_fg", "dp_fg_loss"), ("displacement_bg", "dp_bg_loss")):
+        assert float(terms[ours].detach()) == pytest.approx(float(f[official]) / 2, rel=1e-6)
+    total = sum(terms.values())
+    assert float(total.detach()) == pytest.approx(float(f["total_loss"]), rel=1e-6)
+    total.backward()
+    np.testing.assert_allclose(model.edge.grad.numpy(), f["grad_edge"], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(model.disp.grad.numpy(), f["grad_disp"], rtol=1e-5, atol=1e-9)
