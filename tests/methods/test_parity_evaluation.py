@@ -124,11 +124,11 @@ def test_cam_evaluation_matches_irn_eval_cam(inputs, tmp_path) -> None:
     assert tau == 0.15
     cam_dir = _write_cams(tmp_path / "cams", inputs["cams"], inputs["keys"])
     result = evaluate_cams(cam_dir, _Split(inputs["gt"]), threshold=tau,
-                           thresholds=default_thresholds())
+                           thresholds=np.array([tau]))
     np.testing.assert_allclose(_ious(result["fixed"]), f["irn_eval_cam_iou"], rtol=1e-12)
     assert result["fixed"]["miou"] == pytest.approx(float(f["irn_eval_cam_miou"]), rel=1e-12)
     assert np.isnan(f["irn_eval_cam_iou"][3:7]).all()  # absent classes are NaN, not 0
-    sweep = ThresholdSweep(N, default_thresholds())
+    sweep = ThresholdSweep(N, default_thresholds(step=0.05))
     for cams, keys, gt in zip(inputs["cams"], inputs["keys"], inputs["gt"], strict=True):
         sweep.update(cams, keys, gt)
     assert sweep.miou_at(tau) == pytest.approx(float(f["irn_eval_cam_miou"]), rel=1e-12)
@@ -144,7 +144,7 @@ def test_cam_evaluation_matches_amn_eval_amn_cam(inputs, tmp_path) -> None:
     keys = [np.concatenate([[0], k]) for k in inputs["keys"]]
     cam_dir = _write_cams(tmp_path / "amn_cams", with_bg, keys)
     result = evaluate_cams(cam_dir, _Split(inputs["gt"]), threshold=tau,
-                           thresholds=default_thresholds())
+                           thresholds=np.array([tau]))
     np.testing.assert_allclose(_ious(result["fixed"]), f["amn_eval_cam_iou"], rtol=1e-12)
     assert result["fixed"]["miou"] == pytest.approx(float(f["amn_eval_cam_miou"]), rel=1e-12)
 
@@ -212,7 +212,7 @@ def test_icam_cam_evaluation_equals_threshold_one_half(inputs, tmp_path) -> None
     assert tau == 0.5
     cam_dir = _write_cams(tmp_path / "icam", inputs["icam"], inputs["keys"])
     result = evaluate_cams(cam_dir, _Split(inputs["gt"]), threshold=tau,
-                           thresholds=default_thresholds(), absent="zero")
+                           thresholds=np.array([tau]), absent="zero")
     np.testing.assert_allclose(_as_percent(result["fixed"]), f["icam_npy"], rtol=ICAM_RTOL,
                                atol=1e-9)
 
