@@ -310,7 +310,7 @@ def test_stages_end_to_end_and_walk_rerun(smoke_overrides: list[str]) -> None:
     cfg = load_config(SMOKE, overrides)
     first = run_pipeline(cfg)
     stages = [o.name for o in first.outcomes]
-    assert stages == ["data", "train_cam", "make_cam", "eval_cam", "make_aff_labels",
+    assert stages == ["data", "train_cam", "eval_cls", "make_cam", "eval_cam", "make_aff_labels",
                       "eval_aff_labels", "train_affinitynet", "make_aff_masks", "eval_aff_masks"]
     assert all(o.status == "ran" for o in first.outcomes)
     run_dir = first.run_dir
