@@ -2,7 +2,8 @@
 
 Eight classes, each a corpus category of `wsss.data.pretrain_corpus` (one per silhouette, with
 varied textures, colour families and parts), 1-3 objects per image, square images of 128-224 px.
-Presets run on it unchanged: `wsss run synthetic/demo --set data.root=DIR --set data.dataset=custom`.
+Presets run on it unchanged:
+`wsss run synthetic/demo --set data.root=DIR data.dataset=custom`.
 
     python benchmarks/make_other_classes.py --out data/other-classes [--num-train 800 --num-val 200]
 """

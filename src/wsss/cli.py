@@ -69,7 +69,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 from wsss.logs import log_to_run_file
 
                 summary = (f"{results_table(result.run_dir)}\n\n"
-                           f"{format_resources(result.outcomes)}\n\nrun directory: {result.run_dir}")
+                           f"{format_resources(result.outcomes)}\n\n"
+                           f"run directory: {result.run_dir}")
                 print(summary)
                 log_to_run_file(summary)
                 if cfg.pipeline.report:

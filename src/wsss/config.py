@@ -581,7 +581,8 @@ def config_problems(node: Any, prefix: str = "") -> list[str]:
         # A class's own rule for a field replaces the naming rules (e.g. a scale list that
         # may be empty to switch something off).
         checks = [rules[f.name]] if f.name in rules else [
-            c for suffix, c in SUFFIX_CHECKS.items() if f.name.endswith(suffix) and value is not None]
+            c for suffix, c in SUFFIX_CHECKS.items()
+            if f.name.endswith(suffix) and value is not None]
         for check in checks:
             if not check.ok(value):
                 problems.append(f"config key '{key}' = {value!r} is invalid: valid is "

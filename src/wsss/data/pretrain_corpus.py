@@ -82,7 +82,8 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "crescent":
         return (u * u + v * v <= 1.0) & ((u - 0.45) ** 2 + v * v >= 0.6)
     if shape == "cross":
-        return ((np.abs(u) <= 0.32) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.32) & (np.abs(u) <= 1.0))
+        bar_u = (np.abs(u) <= 0.32) & (np.abs(v) <= 1.0)
+        return bar_u | ((np.abs(v) <= 0.32) & (np.abs(u) <= 1.0))
     if shape == "diamond":
         return np.abs(u) + np.abs(v) <= 1.0
     poly = _POLYGONS[shape]
@@ -129,7 +130,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(int(rng.integers(0, 5))):  # lines
         angle = rng.uniform(0, math.pi)
         offset = rng.uniform(-0.5, 0.5) * size
-        dist = np.abs((xx - size / 2) * math.sin(angle) - (yy - size / 2) * math.cos(angle) - offset)
+        dist = np.abs((xx - size / 2) * math.sin(angle) - (yy - size / 2) * math.cos(angle)
+                      - offset)
         image[dist < rng.uniform(0.6, 2.5)] = rng.random(3)
     for _ in range(int(rng.integers(0, 4))):  # plain blobs and rings
         cx, cy = rng.uniform(0, size, 2)

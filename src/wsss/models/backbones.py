@@ -141,7 +141,7 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
         except Exception as exc:
             raise WeightsError(f"model.pretrained={source}: cannot read {path} "
                                f"({_first_line(exc)})") from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
             made_for = meta.get("backbone")
             if made_for is not None and backbone is not None and made_for != backbone:
