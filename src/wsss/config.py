@@ -200,8 +200,9 @@ class TrainConfig:
     lr: float = 0.1
     head_lr_mult: float = 10.0
     weight_decay: float = 1e-4
-    # IRN's PolyOptimizer passes weight decay into SGD's momentum slot (effective momentum 1e-4).
-    # wsss fixes the bug by passing momentum explicitly; 0.0 keeps the official numbers.
+    # IRN's PolyOptimizer passes weight decay into SGD's momentum slot (effective momentum 1e-4,
+    # PSA's 5e-4). wsss passes momentum explicitly: the VOC / COCO presets set the official
+    # effective values, 0.0 is the momentum-free SGD the papers describe.
     momentum: float = 0.0
     poly_power: float = 0.9
     grad_clip: float | None = None
