@@ -189,6 +189,9 @@ class TrainConfig:
     batch_size: int = 16  # total batch over all ranks
     crop_size: int = 512
     resize_long: list[int] | None = field(default_factory=lambda: [320, 640])
+    # irn: round(side · target / long) as IRN's pil_rescale; psa: the long side = target, the
+    # short round(short · target / long) as PSA / SEAM / ICAM (1 px apart in ~0.02 % of draws)
+    resize_long_rounding: str = "irn"
     scale_range: list[float] | None = None
     flip: bool = True
     color_jitter: list[float] | None = None
@@ -218,6 +221,7 @@ class TrainConfig:
     checks: ClassVar[dict[str, Check]] = {
         "epochs": at_least(1), "batch_size": at_least(1), "crop_size": at_least(1),
         "resize_long": optional(pair(at_least(1))), "scale_range": optional(pair(above(0))),
+        "resize_long_rounding": one_of(("irn", "psa")),
         "color_jitter": optional(Check(lambda v: len(v) == 4 and all(x >= 0 for x in v),
                                        "[brightness, contrast, saturation, hue], each >= 0")),
         "optimizer": one_of(("sgd", "adam")), "lr": above(0), "head_lr_mult": at_least(0),

@@ -231,3 +231,36 @@ def test_bad_arguments() -> None:
         T.ColorJitter(hue=0.7)
     with pytest.raises(ValueError):
         T.build_train_transform(crop_size=8, color_jitter=(0.1, 0.1))
+
+
+def test_resize_long_rounding_follows_irn_or_psa() -> None:
+    """A 110x500 image at target 275 (the case the parity check found): PSA / ICAM's
+    RandomResizeLong gives round(110 * 275 / 500) = round(60.5) = 60 rows, IRN's pil_rescale
+    round(110 * (275 / 500)) = round(60.50000000000001) = 61."""
+    from wsss.data.transforms import RandomResizeLong
+
+    image = np.zeros((110, 500, 3), dtype=np.uint8)
+    mask = np.zeros((110, 500), dtype=np.uint8)
+    sizes = {}
+    for rounding in ("irn", "psa"):
+        resize = RandomResizeLong(275, 275, rng=random.Random(0), rounding=rounding)
+        out, out_mask = resize(image, mask)
+        assert out.shape[:2] == out_mask.shape
+        sizes[rounding] = out.shape[:2]
+    assert sizes == {"irn": (61, 275), "psa": (60, 275)}
+    tall = RandomResizeLong(275, 275, rng=random.Random(0), rounding="psa")(
+        np.zeros((500, 110, 3), dtype=np.uint8))[0]
+    assert tall.shape[:2] == (275, 60)
+    with pytest.raises(ValueError, match="rounding"):
+        RandomResizeLong(1, 2, rounding="pil")
+
+
+def test_psa_presets_use_psa_resize_rounding() -> None:
+    from pathlib import Path
+
+    from wsss.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "voc"
+    for name in ("cam_affinitynet", "icam", "auxsegnet"):
+        assert load_config(configs / f"{name}.yaml", []).train.resize_long_rounding == "psa"
+    assert load_config(configs / "cam_baseline.yaml", []).train.resize_long_rounding == "irn"

@@ -316,6 +316,7 @@ def train_transform(t: Any) -> Any:
     return build_train_transform(
         crop_size=t.crop_size,
         resize_long=tuple(t.resize_long) if t.resize_long else None,
+        resize_long_rounding=getattr(t, "resize_long_rounding", "irn"),
         scale_range=tuple(t.scale_range) if t.scale_range else None,
         flip=t.flip,
         color_jitter=tuple(t.color_jitter) if t.color_jitter else None,
