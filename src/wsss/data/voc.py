@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -687,3 +688,21 @@ __all__ = [
     "read_name_list",
     "resolve_split",
 ]
+
+
+class DatasetView(Dataset):
+    """A dataset over another dataset's images (same names, classes and length) whose items
+    add per-image files of a pipeline stage (seeds, affinity scores) under a paired transform.
+
+    Subclasses implement `__getitem__`; `dataset`'s own transform is not used.
+    """
+
+    def __init__(self, dataset: Any, transform: Any) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.names = dataset.names
+        self.class_names = dataset.class_names
+        self.num_classes = dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)

@@ -29,6 +29,7 @@ from wsss.config import TrainConfig, select
 from wsss.data import build_dataset
 from wsss.data.labels import BACKGROUND
 from wsss.data.transforms import mask_to_tensor, normalize_image
+from wsss.data.voc import DatasetView
 from wsss.io import DataError, load_cams, load_image, npz_bytes, save_mask, write_bytes
 from wsss.methods import METHODS
 from wsss.methods.base import cams_to_masks, train_transform
@@ -211,7 +212,7 @@ def _labels_one(args: tuple[str, str, str, dict[str, Any]]) -> None:
     save_mask(out_path, labels.numpy().astype(np.uint8))
 
 
-class AffinityScoreDataset(torch.utils.data.Dataset):
+class AffinityScoreDataset(DatasetView):
     """AffinityNet's training set with PSA's labels: images with their la / ha score maps
     (`make_aff_labels/scores/<name>.npz`), cropped and flipped together, then reduced to one
     label per feature cell by `pooled_affinity_labels` (`voc12/data.py AffDataset`).
@@ -225,16 +226,9 @@ class AffinityScoreDataset(torch.utils.data.Dataset):
     _OFFSET = 256  # above the mask padding value 255
 
     def __init__(self, dataset: Any, score_dir: str | Path, transform: Any, cell: int) -> None:
-        self.dataset = dataset
+        super().__init__(dataset, transform)
         self.score_dir = Path(score_dir)
-        self.transform = transform
         self.cell = int(cell)
-        self.names = dataset.names
-        self.class_names = dataset.class_names
-        self.num_classes = dataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.names[index]

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from wsss.config import TrainConfig, select
 from wsss.data import build_dataset
 from wsss.data.labels import BACKGROUND
 from wsss.data.transforms import mask_to_tensor, normalize_image
+from wsss.data.voc import DatasetView
 from wsss.engine.checkpoint import load_checkpoint, load_model_state, load_submodule_state
 from wsss.io import DataError, load_mask, save_cams, save_mask
 from wsss.losses import irn_affinity_loss, irn_displacement_loss
@@ -85,7 +85,7 @@ class IrnConfig:
     bg_threshold: float = 0.25  # IRN `sem_seg_bg_thres`
 
 
-class SeedDataset(Dataset):
+class SeedDataset(DatasetView):
     """Images, image-level labels and seed masks from another stage, with paired augmentation.
 
     The image-level labels come from the underlying dataset (never from the seeds, which may
@@ -99,15 +99,8 @@ class SeedDataset(Dataset):
     """
 
     def __init__(self, dataset: Any, seed_dir: str | Path, transform: Any) -> None:
-        self.dataset = dataset
+        super().__init__(dataset, transform)
         self.seed_dir = Path(seed_dir)
-        self.transform = transform
-        self.names = dataset.names
-        self.class_names = dataset.class_names
-        self.num_classes = dataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.names[index]
