@@ -171,7 +171,8 @@ def run_pipeline(
         if dist.is_main():
             try:
                 stack.enter_context(run_lock(run_dir, wait=wait))
-                if (run_dir / "config.yaml").is_file():  # an existing run: its log records a refusal
+                # an existing run: its log also records a refusal
+                if (run_dir / "config.yaml").is_file():
                     attach_run_log(run_dir)
                 check_run_identity(run_dir, cfg)
             except PipelineError as exc:

@@ -60,8 +60,9 @@ def shipped_weights(backbone: str) -> Path:
         raise WeightsError(f"model.pretrained={SYNTHETIC}: shipped weights file missing: {path}")
     actual = sha256_of(path)
     if actual != entry["sha256"]:
-        raise WeightsError(f"{path}: sha256 {actual[:12]}… does not match {entry['sha256'][:12]}… "
-                           f"in {INDEX.name}; the weights file is corrupt or was replaced")
+        raise WeightsError(f"{path}: sha256 {actual[:12]}… does not match "
+                           f"{entry['sha256'][:12]}… in {INDEX.name}; the weights file is "
+                           "corrupt or was replaced")
     return path
 
 
