@@ -22,7 +22,7 @@ def test_defaults_build_the_cam_baseline() -> None:
 def test_preset_with_base_and_override() -> None:
     cfg = load_config(ROOT / "configs/synthetic/demo.yaml", ["train.epochs=3", "method.cam_flip=false"])
     assert cfg.pipeline.name == "demo"  # from demo.yaml
-    assert cfg.model.backbone == "resnet18"  # from its base
+    assert cfg.model.backbone == "resnet18_w32"  # from its base
     assert cfg.train.epochs == 3 and cfg.method.cam_flip is False
 
 

@@ -86,11 +86,11 @@ def test_tiny_pretraining_exports_weights_that_load(tmp_path: Path, capsys) -> N
     out = capsys.readouterr().out
     assert "held-out corpus (8 scenes): exact-match accuracy" in out and "sha256" in out
     run = tmp_path / "pretrain_synthetic"
-    exported = run / "export" / "resnet18_synthetic.pth"
+    exported = run / "export" / "resnet18_w32_synthetic.pth"
     assert (run / "data" / "samples.png").is_file()
     assert len(json.loads((run / "data" / "categories.json").read_text())) == 8
     trained = torch.load(run / "pretrain" / "model.pt", weights_only=False)["model"]
-    backbone = build_backbone("resnet18", output_stride=16, pretrained=str(exported),
+    backbone = build_backbone("resnet18_w32", output_stride=16, pretrained=str(exported),
                               frozen_bn=True)
     # The export holds the trained backbone in torchvision's names, rounded to float16.
     np.testing.assert_allclose(backbone.stem[0].weight.detach().numpy(),
@@ -183,3 +183,34 @@ def test_pretrain_refuses_a_backbone_it_cannot_export(tmp_path: Path, capsys) ->
     assert code == 2
     assert "exports torchvision ResNets" in capsys.readouterr().err
     assert not (tmp_path / "pretrain_synthetic" / "pretrain" / "manifest.json").exists()
+
+
+SYNTHETIC_PRESETS = sorted((ROOT / "configs" / "synthetic").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", SYNTHETIC_PRESETS, ids=lambda p: p.stem)
+def test_every_synthetic_preset_starts_from_the_shipped_weights(preset: Path) -> None:
+    from wsss.config import load_config
+
+    cfg = load_config(preset)
+    assert cfg.model.pretrained == "synthetic"
+    path = shipped_weights(cfg.model.backbone)  # sha256-checked
+    shipped = torch.load(path, weights_only=True)["state_dict"]
+    backbone = build_backbone(cfg.model.backbone, output_stride=cfg.model.output_stride,
+                              pretrained=cfg.model.pretrained, frozen_bn=cfg.model.frozen_bn)
+    assert torch.equal(backbone.layer3[0].conv1.weight.detach(),
+                       shipped["layer3.0.conv1.weight"].float())
+    if cfg.segnet.enabled:
+        assert cfg.segnet.pretrained == "synthetic"
+        assert shipped_weights(cfg.segnet.backbone).is_file()
+
+
+@pytest.mark.slow
+def test_demo_classifier_learns_well_below_the_label_prior(tmp_path: Path) -> None:
+    from wsss.pipeline.artifacts import read_manifest
+
+    assert main(["run", "synthetic/demo", "--workdir", str(tmp_path), "--until", "eval_cls",
+                 "--set", f"data.root={tmp_path / 'data'}"]) == 0
+    s = read_manifest(tmp_path / "demo" / "eval_cls")["summary"]
+    assert s["train_loss"] < 0.5 * s["prior_loss"], s
+    assert s["mAP"] > 0.8, s

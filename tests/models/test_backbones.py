@@ -25,6 +25,29 @@ def test_resnet50_channels_and_registry() -> None:
     assert net.out_channels == [256, 512, 1024, 2048]
 
 
+def test_narrow_resnet18_is_resnet18_at_half_width() -> None:
+    import torchvision
+
+    from wsss.models.backbones import narrow_resnet18
+
+    full, narrow = torchvision.models.resnet18(), narrow_resnet18(32)
+    # the same keys (torchvision's names), every channel count halved
+    assert list(full.state_dict()) == list(narrow.state_dict())
+    for key, value in narrow.state_dict().items():
+        ref = full.state_dict()[key]
+        assert value.ndim == ref.ndim, key
+        if key.endswith("weight") and value.ndim == 4:
+            expect = (ref.shape[0] // 2, 3 if key == "conv1.weight" else ref.shape[1] // 2)
+            assert tuple(value.shape[:2]) == expect, key
+            assert value.shape[2:] == ref.shape[2:], key
+    net = build_backbone("resnet18_w32", output_stride=8, pretrained="none", frozen_bn=True)
+    assert net.out_channels == [32, 64, 128, 256]
+    feats = net(torch.randn(1, 3, 64, 96))
+    assert feats[-1].shape[-2:] == (8, 12)
+    with pytest.raises(Exception, match="resnet18_w32 has no ImageNet weights"):
+        build_backbone("resnet18_w32", output_stride=16, pretrained="imagenet", frozen_bn=False)
+
+
 def test_frozen_bn_keeps_statistics_in_train_mode() -> None:
     net = build_backbone("resnet18", output_stride=16, pretrained="none", frozen_bn=True)
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]

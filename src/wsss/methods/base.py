@@ -305,9 +305,20 @@ def _score_classifier(method: Method, ctx: StageContext, train_stage: str) -> di
     per_class = {name: average_precision(logits_all[:, c], present[:, c])
                  if present[:, c].any() else None
                  for c, name in enumerate(list(dataset.class_names)[1:])}
+    # What a classifier that learned nothing scores: the multi-label soft-margin loss of the
+    # constant class frequencies (of this split), against the last training epoch's loss.
+    freq = present.float().mean(0).clamp(1e-6, 1 - 1e-6)
+    prior = float(-(freq * freq.log() + (1 - freq) * (1 - freq).log()).mean())
+    history_path = ctx.stage_dir(train_stage) / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    losses = {"prior_loss": round(prior, 4)}
+    if history and "cls" in history[-1]:
+        losses["train_loss"] = round(float(history[-1]["cls"]), 4)
     write_text(ctx.out_dir / "metrics.json", json.dumps(
-        {"split": split, "images": len(dataset), **scores, "ap": per_class}, indent=2) + "\n")
-    return {"split": split, "images": len(dataset), **{k: round(v, 4) for k, v in scores.items()}}
+        {"split": split, "images": len(dataset), **scores, **losses, "ap": per_class},
+        indent=2) + "\n")
+    return {"split": split, "images": len(dataset),
+            **{k: round(v, 4) for k, v in scores.items()}, **losses}
 
 
 def train_transform(t: Any) -> Any:

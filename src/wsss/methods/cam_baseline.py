@@ -247,7 +247,7 @@ class CamBaseline(Method):
         m = self.cfg.model
         backbone = build_backbone(m.backbone, output_stride=m.output_stride,
                                   pretrained=m.pretrained, frozen_bn=m.frozen_bn)
-        if m.frozen_bn:  # IRN: conv1 and bn1 never train
+        if m.frozen_bn and hasattr(backbone, "stem"):  # IRN: a ResNet's conv1 and bn1 never train
             for p in list(backbone.stem[0].parameters()) + list(backbone.stem[1].parameters()):
                 p.requires_grad_(False)
         return CamClassifier(backbone=backbone, num_classes=num_classes,

@@ -29,7 +29,7 @@ from wsss.pipeline.stages import Stage, StageContext
 
 CORPUS_KEYS = ("method.num_categories", "method.image_size", "method.items_per_epoch")
 # Backbones whose state dict the export writes in torchvision's key names.
-EXPORTABLE = ("resnet18", "resnet34", "resnet50", "resnet101")
+EXPORTABLE = ("resnet18_w32", "resnet18", "resnet34", "resnet50", "resnet101")
 
 
 @dataclass

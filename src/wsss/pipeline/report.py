@@ -72,8 +72,12 @@ def classifier_lines(run_dir: str | Path, stages: list[str]) -> list[str]:
     for name in stages:
         s = (read_manifest(Path(run_dir) / name) or {}).get("summary", {})
         if _is_classifier(s):
-            lines.append(f"classifier ({name}, split {s['split']}, {s.get('images')} images): "
-                         f"exact-match accuracy {_pct(s['exact_match'])} %, mAP {_pct(s['mAP'])} %")
+            line = (f"classifier ({name}, split {s['split']}, {s.get('images')} images): "
+                    f"exact-match accuracy {_pct(s['exact_match'])} %, mAP {_pct(s['mAP'])} %")
+            if "train_loss" in s:
+                line += (f"; last training epoch's loss {s['train_loss']:.3f} (a classifier "
+                         f"that learned nothing: {s['prior_loss']:.3f})")
+            lines.append(line)
     return lines
 
 
