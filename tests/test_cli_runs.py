@@ -107,7 +107,7 @@ METHOD_RUNS = {
                               "method.amn_train.batch_size=8", "method.amn_train.crop_size=48",
                               "method.irn.train.epochs=1", "method.irn.train.batch_size=8",
                               "method.irn.train.crop_size=48", "method.irn.train_radius=5",
-                              "method.irn.num_steps=16"]),
+                              "method.irn.num_steps=16", "method.irn.boundary_pad=0"]),
     "affinitynet": (str(SMOKE), ["method.name=affinitynet",
                                  "method.affinitynet.backbone_weights=cam",
                                  "method.affinitynet.train.epochs=1",

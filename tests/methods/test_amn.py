@@ -148,6 +148,7 @@ def test_pipeline_end_to_end(synthetic_root, tmp_path) -> None:
         "method.amn_train.batch_size=8", "method.amn_train.crop_size=48",
         "method.irn.train.epochs=1", "method.irn.train.batch_size=8",
         "method.irn.train.crop_size=48", "method.irn.train_radius=5", "method.irn.num_steps=16",
+        "method.irn.boundary_pad=0",
         "eval.plots=false", "eval.contour=false",
     ]
     cfg = load_config(ROOT / "configs/synthetic/amn.yaml", overrides)
