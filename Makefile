@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev demo test test-slow bench clean
+.PHONY: install dev demo test test-slow bench bench-methods clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-slow: dev
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# Every method's synthetic preset over 3 seeds from the pretrained start (hours on a CPU; resumable)
+bench-methods: install
+	$(BIN)/python benchmarks/bench_methods.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs data/synthetic-demo
