@@ -33,24 +33,8 @@ from wsss.methods.irn import IrnConfig, build_irnet, pseudo_mask
 from wsss.metrics.confusion import confusion_matrix, miou
 from wsss.models.irn import stride4_size
 
-
-class _FixedBoundary:
-    """Stands in for IRNet: `boundary` returns the given map (h, w)."""
-
-    def __init__(self, boundary: torch.Tensor) -> None:
-        self.map = boundary
-
-    def boundary(self, images: torch.Tensor, size: tuple[int, int], *, pad_to: int
-                 ) -> torch.Tensor:
-        return self.map
-
-
-def class_edges(labels: np.ndarray) -> np.ndarray:
-    """1 where a cell's label differs from its lower or right neighbour (float32)."""
-    edge = np.zeros(labels.shape, dtype=np.float32)
-    edge[:-1] += labels[:-1] != labels[1:]
-    edge[:, :-1] += labels[:, :-1] != labels[:, 1:]
-    return np.clip(edge, 0, 1)
+# the stand-in boundary model and the ground-truth edges of the perfect-input benchmark
+from irn_walk_ground_truth import _FixedBoundary, class_edges  # noqa: E402  (benchmarks/)
 
 
 def best_f(values: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -180,6 +180,16 @@ def _fetch_torchvision_weights(weights: object) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def _staged(net: nn.Module, name: str, weights: object | None, *, output_stride: int,
+            pretrained: str, frozen_bn: bool) -> ResNetBackbone:
+    """Load `pretrained` into a torchvision-style ResNet `net`, cut it into stages, freeze BN."""
+    load_pretrained(net, pretrained, weights, backbone=name)
+    backbone = ResNetBackbone(net, output_stride=output_stride)
+    if frozen_bn:
+        freeze_batchnorm_stats(backbone)
+    return backbone
+
+
 def _resnet_builder(name: str) -> Callable[..., ResNetBackbone]:
     def build(*, output_stride: int = 16, pretrained: str = "none", frozen_bn: bool = False
               ) -> ResNetBackbone:
@@ -190,11 +200,8 @@ def _resnet_builder(name: str) -> Callable[..., ResNetBackbone]:
         net = getattr(torchvision.models, name)(weights=None)
         weights_enum = getattr(torchvision.models, _WEIGHTS[name])
         # IRN uses the original (V1) torchvision ResNet-50 weights, resnet50-19c8e357.
-        load_pretrained(net, pretrained, weights_enum.IMAGENET1K_V1, backbone=name)
-        backbone = ResNetBackbone(net, output_stride=output_stride)
-        if frozen_bn:
-            freeze_batchnorm_stats(backbone)
-        return backbone
+        return _staged(net, name, weights_enum.IMAGENET1K_V1, output_stride=output_stride,
+                       pretrained=pretrained, frozen_bn=frozen_bn)
 
     build.__name__ = name
     build.__doc__ = f"torchvision {name} cut into four stages."
@@ -245,12 +252,8 @@ def resnet18_w32(*, output_stride: int = 16, pretrained: str = "none", frozen_bn
     if pretrained == "imagenet":
         raise WeightsError("model.pretrained=imagenet: resnet18_w32 has no ImageNet weights; "
                            "use `synthetic` (the shipped weights) or a path")
-    net = narrow_resnet18(32)
-    load_pretrained(net, pretrained, backbone="resnet18_w32")
-    backbone = ResNetBackbone(net, output_stride=output_stride)
-    if frozen_bn:
-        freeze_batchnorm_stats(backbone)
-    return backbone
+    return _staged(narrow_resnet18(32), "resnet18_w32", None, output_stride=output_stride,
+                   pretrained=pretrained, frozen_bn=frozen_bn)
 
 
 def build_backbone(name: str, *, output_stride: int, pretrained: str, frozen_bn: bool) -> nn.Module:
