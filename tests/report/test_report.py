@@ -248,6 +248,7 @@ def _fake_run(workdir: Path, name: str, root: Path, miou: float) -> Path:
 def test_every_mask_folder_is_found_and_the_worst_image_comes_first(
         tmp_path: Path, synthetic_root: Path) -> None:
     from wsss.data import build_dataset
+    from wsss.data.saliency import save_saliency
     from wsss.io import save_cams, save_mask
 
     run = _fake_run(tmp_path, "folders", synthetic_root, 0.5)
@@ -266,6 +267,9 @@ def test_every_mask_folder_is_found_and_the_worst_image_comes_first(
     half[: half.shape[0] // 2][half[: half.shape[0] // 2] != 255] = 0
     for name, mask in zip(names, [gts[0], np.zeros_like(gts[1]), half]):
         save_mask(run / "make_masks" / "crf" / f"{name}.png", mask)
+    # a grayscale folder beside the masks (AuxSegNet's updated saliency) is not a mask folder
+    save_saliency(run / "make_masks" / "saliency" / f"{names[0]}.png",
+                  np.full(gts[0].shape, 0.6, np.float32))
     (run / "make_cam" / "probs").mkdir()
     np.savez(run / "make_cam" / "probs" / "x.npz", probs=np.zeros(2))  # not CAMs
     for stage in ("make_cam", "make_masks"):

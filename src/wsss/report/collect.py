@@ -145,7 +145,8 @@ class RunInfo:
             found = []
             for sub in sorted(p for p in (self.run_dir / stage).iterdir() if p.is_dir()):
                 first = next(sub.glob(f"*{suffix}"), None)
-                if first is None or (kind == "cams" and not _holds_cams(first)):
+                if first is None or not (_holds_cams(first) if kind == "cams"
+                                         else _holds_masks(first)):
                     continue
                 rank = -1 if sub.name == kind else scored.get((stage, sub.name), len(scored))
                 found.append((rank, sub.name))
@@ -169,6 +170,18 @@ def _holds_cams(path: Path) -> bool:
         with np.load(path) as data:
             return "cams" in data.files and "keys" in data.files
     except (OSError, ValueError):
+        return False
+
+
+def _holds_masks(path: Path) -> bool:
+    """Class-index masks are palette PNGs (`save_mask`); grayscale PNGs beside them (AuxSegNet's
+    updated `saliency/`) are not masks."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode == "P"
+    except OSError:
         return False
 
 
