@@ -210,7 +210,7 @@ def test_demo_classifier_learns_well_below_the_label_prior(tmp_path: Path) -> No
     from wsss.pipeline.artifacts import read_manifest
 
     assert main(["run", "synthetic/demo", "--workdir", str(tmp_path), "--until", "eval_cls",
-                 "--set", f"data.root={tmp_path / 'data'}"]) == 0
+                 "--set", f"data.root={tmp_path / 'data'}", "pipeline.generate_data=true"]) == 0
     s = read_manifest(tmp_path / "demo" / "eval_cls")["summary"]
     assert s["train_loss"] < 0.5 * s["prior_loss"], s
     assert s["mAP"] > 0.8, s
