@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,14 +42,13 @@ class Variant:
     final: str
     overrides: tuple[str, ...] = ()
     segnet: bool = False     # train the final DeepLab on `final`'s masks (main rows)
-    extra: tuple[str, ...] = field(default_factory=tuple)  # more eval stages to report
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("cam", "cam", "CAM baseline (CAM → CRF seeds)", "synthetic/cam_baseline",
             "eval_cam", None, "eval_seeds", segnet=True),
     Variant("amn", "amn", "AMN + IRN (full)", "synthetic/amn", "eval_cam", "eval_amn_cam",
-            "eval_pseudo_masks", segnet=True, extra=("eval_seeds", "eval_amn_seeds")),
+            "eval_pseudo_masks", segnet=True),
     Variant("amn_pcl", "amn", "AMN: +PCL, no LC", "synthetic/amn", "eval_cam", "eval_amn_cam",
             "eval_amn_seeds", overrides=("method.lc_layer=null",)),
     Variant("icam", "icam", "ICAM + AffinityNet (λ 0.8, FSL)", "synthetic/icam", "eval_cam",

@@ -96,9 +96,13 @@ def main() -> None:
             strided = data["cams_strided"].astype(np.float32) if "cams_strided" in data else None
         height, width = truth.shape
         size = stride4_size((height, width))
-        # the boundary map on its own, at stride 4 against the ground-truth class edges
-        bmap = model.boundary(normalize_image(image)[None], size,
-                              pad_to=base.boundary_pad).numpy()
+        # the trained boundary map once per canvas (every walk below reuses it), scored on its
+        # own at stride 4 against the ground-truth class edges
+        boundaries = {pad: _FixedBoundary(model.boundary(normalize_image(image)[None], size,
+                                                         pad_to=pad))
+                      for pad in {v.boundary_pad for v in variants.values()}}
+        trained = boundaries[base.boundary_pad]
+        bmap = trained.map.numpy()
         low_truth = truth[::4, ::4][: size[0], : size[1]]
         edges = class_edges(np.where(low_truth == 255, 0, low_truth)) > 0
         near = ndimage.binary_dilation(edges)
@@ -107,8 +111,8 @@ def main() -> None:
         f_scores.append(best_f(bmap, edges)[0])
         # walks from the run's CAMs
         for label, variant in variants.items():
-            pred, _, _ = pseudo_mask(model, image, cams, keys, cams_strided=strided,
-                                     cfg=variant, device=device)
+            pred, _, _ = pseudo_mask(boundaries[variant.boundary_pad], image, cams, keys,
+                                     cams_strided=strided, cfg=variant, device=device)
             add(label, pred, truth)
         # no walk: the stride-4 CAMs upsampled against the background plane
         fg = keys > 0
@@ -123,7 +127,7 @@ def main() -> None:
         gt_keys = np.array([c for c in np.unique(truth) if c not in (0, 255)], dtype=np.int64)
         if gt_keys.size:
             gt_cams = np.stack([low_truth == c for c in gt_keys]).astype(np.float32)
-            pred, _, _ = pseudo_mask(model, image, np.zeros((len(gt_keys), height, width),
+            pred, _, _ = pseudo_mask(trained, image, np.zeros((len(gt_keys), height, width),
                                      np.float32), gt_keys, cams_strided=gt_cams, cfg=base,
                                      device=device)
             add("ground-truth CAMs, trained boundaries", pred, truth)

@@ -679,6 +679,7 @@ class SegmentationDataset(Dataset):
 
 
 __all__ = [
+    "DatasetView",
     "SegmentationDataset",
     "ValidationReport",
     "available_splits",

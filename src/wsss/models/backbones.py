@@ -130,7 +130,8 @@ def load_pretrained(module: nn.Module, pretrained: str, weights: object | None =
         pretrained = str(shipped_weights(backbone or "?"))
     if pretrained == "imagenet":
         if weights is None:
-            raise ValueError("this backbone has no torchvision ImageNet weights; pass a path")
+            raise WeightsError(f"model.pretrained=imagenet: {backbone or 'this backbone'} has no "
+                               "ImageNet weights; use `synthetic` (the shipped weights) or a path")
         state = _fetch_torchvision_weights(weights)
     else:
         path = Path(pretrained).expanduser()
@@ -249,9 +250,6 @@ def resnet18_w32(*, output_stride: int = 16, pretrained: str = "none", frozen_bn
                  ) -> ResNetBackbone:
     """ResNet-18 at half width (32-64-128-256 channels), cut into four stages. No ImageNet
     weights exist for it: `pretrained` is "none", "synthetic" (the shipped weights) or a path."""
-    if pretrained == "imagenet":
-        raise WeightsError("model.pretrained=imagenet: resnet18_w32 has no ImageNet weights; "
-                           "use `synthetic` (the shipped weights) or a path")
     return _staged(narrow_resnet18(32), "resnet18_w32", None, output_stride=output_stride,
                    pretrained=pretrained, frozen_bn=frozen_bn)
 
